@@ -1,0 +1,78 @@
+"""The default form of new Variables: ``st.use_mutable_arrays``.
+
+The flag lives in a ``contextvars.ContextVar``, so each thread and each asyncio task sees
+its own setting and a ``with`` block in one never leaks into another.
+"""
+
+import contextvars
+import functools
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+__all__ = ["use_mutable_arrays", "mutable_arrays_enabled"]
+
+_MUTABLE_DEFAULT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "statetree_mutable_default", default=False
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mutable_arrays_enabled() -> bool:
+    """Whether a new ``Variable(value)`` (with ``mutable=None``) is created mutable."""
+    return _MUTABLE_DEFAULT.get()
+
+
+class use_mutable_arrays:  # noqa: N801 - used like a function, as in the guide
+    """Set whether new Variables are mutable by default, for a block or a function.
+
+    As a context manager::
+
+        with st.use_mutable_arrays(True):
+            v = st.Variable(jnp.zeros(3))   # v.mutable is True
+
+    As a decorator, each call of the function runs with the flag set::
+
+        @st.use_mutable_arrays(True)
+        def init(): ...
+
+    The default is off. The setting is held in a ``ContextVar``: threads and asyncio tasks
+    each see their own.
+    """
+
+    __slots__ = ("_flag", "_tokens")
+
+    def __init__(self, flag: bool) -> None:
+        if not isinstance(flag, bool):
+            raise TypeError(
+                f"use_mutable_arrays(flag): flag must be True or False, got {flag!r} "
+                f"of type {type(flag).__name__}."
+            )
+        self._flag = flag
+        self._tokens: list[contextvars.Token[bool]] = []
+
+    def __enter__(self) -> None:
+        self._tokens.append(_MUTABLE_DEFAULT.set(self._flag))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _MUTABLE_DEFAULT.reset(self._tokens.pop())
+
+    def __call__(self, fn: F) -> F:
+        flag = self._flag
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            # A fresh context manager per call: concurrent calls never share tokens.
+            with use_mutable_arrays(flag):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"use_mutable_arrays({self._flag})"

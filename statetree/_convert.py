@@ -1,0 +1,89 @@
+"""Whole-tree conversion: ``st.mutable``, ``st.freeze``, ``st.unbox``.
+
+Each is one pass of the shared traversal (:mod:`statetree._graph`): flatten, map every
+distinct value once, unflatten. Mapping each *distinct* Variable once is what keeps
+sharing: two paths that held one Variable hold one (new) Variable after.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+
+from . import _graph, _storage
+from ._filters import needs_path, to_predicate
+from ._variables import Variable
+
+__all__ = ["mutable", "freeze", "unbox"]
+
+
+def _map_values(tree: Any, fn: Callable[[Any], Any], only: Any) -> Any:
+    graphdef, values = _graph.flatten(tree)
+    if only is Ellipsis:
+        new = list(map(fn, values))
+    else:
+        predicate = to_predicate(only)
+        paths = graphdef.paths() if needs_path(only) else None
+        new = [
+            fn(v) if predicate(paths[i] if paths else (), v) else v
+            for i, v in enumerate(values)
+        ]
+    return _graph.unflatten(graphdef, new)
+
+
+def _to_mutable(value: Any) -> Any:
+    if isinstance(value, Variable):
+        if value.mutable:
+            return value
+        return type(value)._from_raw(_storage.new_storage(value._raw), value._metadata)
+    if _storage.is_storage(value):
+        return value
+    return Variable._from_raw(_storage.new_storage(jnp.asarray(value)), ())
+
+
+def _to_frozen(value: Any) -> Any:
+    if isinstance(value, Variable):
+        if not value.mutable:
+            return value
+        return type(value)._from_raw(_storage.read(value._raw), value._metadata)
+    return _storage.read(value)
+
+
+def _to_array(value: Any) -> Any:
+    if isinstance(value, Variable):
+        return value.value
+    return _storage.read(value)
+
+
+def mutable(tree: Any, only: Any = ...) -> Any:
+    """A new tree in which every Variable (matching ``only``) is mutable.
+
+    Bare array leaves become mutable ``st.Variable``s; non-array leaves are left alone;
+    Variables that are already mutable are kept (the same object); raw Refs are kept.
+    Sharing is preserved: one Variable at several paths is one mutable Variable after.
+    The input is not modified. Inside ``jax.jit`` the result cannot be returned (JAX
+    refuses Refs as outputs): build frozen inside jit, call ``st.mutable`` outside.
+
+    >>> import jax.numpy as jnp, statetree as st
+    >>> model = st.mutable({"w": jnp.ones(2), "act": "relu"})
+    >>> model["w"].mutable, model["act"]
+    (True, 'relu')
+    """
+    return _map_values(tree, _to_mutable, only)
+
+
+def freeze(tree: Any, only: Any = ...) -> Any:
+    """A new tree in which mutable Variables (matching ``only``) are frozen snapshots and
+    raw ``jax.Ref`` leaves are arrays. Sharing is preserved; the input is not modified.
+
+    Freeze before differentiating: ``jax.grad(loss)(st.freeze(params))``.
+    """
+    return _map_values(tree, _to_frozen, only)
+
+
+def unbox(tree: Any) -> Any:
+    """Replace every Variable (and raw Ref) by its current array value: a pure pytree.
+
+    ``st.unbox(st.freeze(st.mutable(t)))`` equals ``t`` for any pytree of arrays.
+    """
+    return _map_values(tree, _to_array, ...)

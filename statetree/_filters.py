@@ -1,0 +1,139 @@
+"""Filters: which values of a tree go into which State.
+
+A filter is one of:
+
+- a class: matches instances (``st.Param`` matches Params; ``st.Variable`` every Variable);
+- ``...`` (Ellipsis): matches everything;
+- ``st.PathContains(key)``: matches when ``key`` equals one element of the path;
+- a callable ``(path, value) -> bool``;
+- ``st.Any(*filters)``, ``st.All(*filters)``, ``st.Not(filter)``.
+
+A path is a tuple of plain keys: ``str`` for dict keys and attributes, ``int`` for
+sequence indices, e.g. ``("layers", 0, "kernel")``.
+"""
+
+from collections.abc import Callable
+import typing as t
+
+__all__ = ["Filter", "PathContains", "Any", "All", "Not", "to_predicate", "filter_repr"]
+
+Predicate = Callable[[tuple[t.Any, ...], t.Any], bool]
+Filter = t.Any  # a class, ..., PathContains, Any/All/Not, or a predicate (see above)
+
+
+class _Combinator:
+    __slots__ = ("filters",)
+
+    filters: tuple[t.Any, ...]
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.filters == other.filters  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.filters))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(filter_repr, self.filters))})"
+
+
+class PathContains:
+    """Matches values whose path has ``key`` as one of its elements.
+
+    >>> import statetree as st
+    >>> st.PathContains("bn")(("block", "bn", "mean"), None)
+    True
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+
+    def __call__(self, path: tuple[object, ...], value: object) -> bool:
+        return self.key in path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PathContains) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash((PathContains, self.key))
+
+    def __repr__(self) -> str:
+        return f"PathContains({self.key!r})"
+
+
+class Any(_Combinator):  # noqa: A001 - the name users expect, next to All and Not
+    """Matches when any of ``filters`` matches."""
+
+    __slots__ = ()
+
+    def __init__(self, *filters: object) -> None:
+        for f in filters:
+            to_predicate(f)
+        self.filters = filters
+
+    def __call__(self, path: tuple[object, ...], value: object) -> bool:
+        return any(to_predicate(f)(path, value) for f in self.filters)
+
+
+class All(_Combinator):
+    """Matches when every one of ``filters`` matches."""
+
+    __slots__ = ()
+
+    def __init__(self, *filters: object) -> None:
+        for f in filters:
+            to_predicate(f)
+        self.filters = filters
+
+    def __call__(self, path: tuple[object, ...], value: object) -> bool:
+        return all(to_predicate(f)(path, value) for f in self.filters)
+
+
+class Not(_Combinator):
+    """Matches when ``filter`` does not."""
+
+    __slots__ = ()
+
+    def __init__(self, filter: object) -> None:  # noqa: A002
+        to_predicate(filter)
+        self.filters = (filter,)
+
+    def __call__(self, path: tuple[object, ...], value: object) -> bool:
+        return not to_predicate(self.filters[0])(path, value)
+
+
+def _everything(path: tuple[object, ...], value: object) -> bool:
+    return True
+
+
+def to_predicate(f: object) -> Predicate:
+    """The ``(path, value) -> bool`` function a filter stands for."""
+    if f is Ellipsis:
+        return _everything
+    if isinstance(f, type):
+        return lambda path, value: isinstance(value, f)
+    if callable(f):
+        return f  # type: ignore[return-value]
+    raise TypeError(
+        f"Not a filter: {f!r} (of type {type(f).__name__}). A filter is a class such as "
+        "st.Param, ... (everything), st.PathContains(key), a function (path, value) -> "
+        "bool, or st.Any/All/Not of those."
+    )
+
+
+def needs_path(f: object) -> bool:
+    """False when the filter can be decided from the value alone (kinds and ``...``)."""
+    if f is Ellipsis or isinstance(f, type):
+        return False
+    if isinstance(f, _Combinator):
+        return any(needs_path(g) for g in f.filters)
+    return True
+
+
+def filter_repr(f: object) -> str:
+    if f is Ellipsis:
+        return "..."
+    if isinstance(f, type):
+        return f.__name__
+    return getattr(f, "__name__", None) or repr(f)

@@ -1,0 +1,149 @@
+"""The adapter API for custom pytrees: ``st.register_node``.
+
+A registered class is a pytree node JAX knows (so instances pass through ``jax.jit``),
+and a node *with identity* statetree knows: an instance reached through two attributes is
+one object again after ``st.split``/``st.merge`` and after ``st.mutable``.
+
+Which attributes are data is decided per instance: an attribute is data when it holds an
+array, a Variable, a ``jax.Ref`` or a registered node, directly or inside lists, tuples
+and dicts (``self.layers = [Linear(...), ...]``). Every other attribute is static: it is
+kept in the tree structure and takes part in its equality (and so in jit's cache key).
+"""
+
+from typing import Any, TypeVar
+
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+from ._variables import Variable
+
+__all__ = ["register_node", "is_node", "node_children", "node_rebuild", "NODE_TYPES", "Static"]
+
+T = TypeVar("T", bound=type)
+
+# Registered classes. `_graph` reads this tuple to stop its flatten at nodes.
+NODE_TYPES: tuple[type, ...] = ()
+
+_DATA_LEAVES = (jax.Array, np.ndarray, Variable, jax.Ref)
+
+
+def _holds_data(x: Any) -> bool:
+    if isinstance(x, _DATA_LEAVES) or isinstance(x, NODE_TYPES):
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(_holds_data(e) for e in x)
+    if isinstance(x, dict):
+        return any(_holds_data(e) for e in x.values())
+    return False
+
+
+class Static:
+    """A static value kept in a structure (node attributes, non-array leaves): hashable
+    even when the value is not (a list of ints, a set), compared by ``==``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Static):
+            return NotImplemented
+        if self.value is other.value:
+            return True
+        try:
+            return bool(type(self.value) is type(other.value) and self.value == other.value)
+        except Exception:  # e.g. arrays compared elementwise: not equal as structure
+            return False
+
+    def __hash__(self) -> int:
+        try:
+            return hash(self.value)
+        except TypeError:
+            return hash(type(self.value).__qualname__)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def node_children(obj: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """Split a registered node into ``(data attributes, aux)``; aux is hashable."""
+    attrs = vars(obj)
+    data = {k: v for k, v in attrs.items() if _holds_data(v)}
+    static = tuple((k, Static(v)) for k, v in attrs.items() if k not in data)
+    # Attribute order is part of the structure: rebuilt objects list attrs the same way.
+    order = tuple(attrs)
+    return data, (type(obj), order, static)
+
+
+def node_rebuild(aux: tuple[Any, ...], data: dict[str, Any]) -> Any:
+    """Inverse of :func:`node_children`: a new instance, no ``__init__`` run."""
+    cls, order, static = aux
+    obj = object.__new__(cls)
+    values = {k: s.value for k, s in static}
+    values.update(data)
+    for k in order:
+        # `object.__setattr__` also works for frozen dataclasses.
+        object.__setattr__(obj, k, values[k])
+    return obj
+
+
+def _flatten_with_keys(obj: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    data, aux = node_children(obj)
+    return [(jtu.GetAttrKey(k), v) for k, v in data.items()], (aux, tuple(data))
+
+
+def _flatten(obj: Any) -> tuple[list[Any], Any]:
+    data, aux = node_children(obj)
+    return list(data.values()), (aux, tuple(data))
+
+
+def _unflatten(aux_and_names: Any, children: Any) -> Any:
+    aux, names = aux_and_names
+    return node_rebuild(aux, dict(zip(names, children, strict=True)))
+
+
+def register_node(cls: T) -> T:
+    """Make a user class take part in statetree and ``jax.jit`` as a node with identity.
+
+    Usable as a class decorator. Works for plain classes with attributes and for
+    dataclasses (frozen ones too); instances are rebuilt without calling ``__init__``.
+
+    >>> import jax.numpy as jnp, statetree as st
+    >>> @st.register_node
+    ... class Linear:
+    ...     def __init__(self, din, dout):
+    ...         self.kernel = st.Param(jnp.zeros((din, dout)))
+    ...         self.activation = "relu"       # static
+    >>> graphdef, params = st.split(Linear(2, 3))
+    >>> list(params.flat())
+    [('kernel',)]
+    """
+    global NODE_TYPES
+    if not isinstance(cls, type):
+        raise TypeError(
+            f"register_node(cls): cls must be a class, got {cls!r}. Use it as a decorator "
+            "on the class definition: @st.register_node."
+        )
+    if issubclass(cls, Variable):
+        raise TypeError(
+            f"register_node(cls): {cls.__name__} is a Variable kind; kinds are pytree "
+            "nodes already. Register the class that holds Variables instead."
+        )
+    if cls in NODE_TYPES:
+        return cls
+    if hasattr(cls, "__slots__") and not hasattr(cls, "__dict__"):
+        raise TypeError(
+            f"register_node(cls): {cls.__name__} uses __slots__ without __dict__; "
+            "statetree reads a node's attributes from vars(obj). Drop __slots__ or add "
+            "'__dict__' to it."
+        )
+    jtu.register_pytree_with_keys(cls, _flatten_with_keys, _unflatten, _flatten)
+    NODE_TYPES = (*NODE_TYPES, cls)
+    return cls
+
+
+def is_node(x: Any) -> bool:
+    """True for an instance of a class registered with :func:`register_node`."""
+    return isinstance(x, NODE_TYPES)

@@ -1,0 +1,257 @@
+"""``st.split``, ``st.merge``, ``st.state`` and ``st.update``.
+
+``split`` separates a tree into its static structure (a GraphDef) and its values (one
+State per filter); ``merge`` is the inverse. Eager split/merge copy nothing: the merged
+tree holds the very Variables the States hold. Shared Variables and Refs are stored once
+and come back as one object, so a write through one path is seen through the other.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _graph, _storage
+from ._errors import StructureError, format_path, format_paths
+from ._filters import filter_repr, needs_path, to_predicate
+from ._graph import GraphDef, Path
+from ._state import State, _StateKeys
+from ._variables import Variable
+
+__all__ = ["split", "merge", "state", "update", "bucket"]
+
+_MISSING = object()
+
+
+def bucket(
+    paths: Callable[[], Sequence[Path]],
+    values: Sequence[Any],
+    filters: Sequence[Any],
+    *,
+    require_all: bool,
+) -> tuple[list[list[int]], list[int]]:
+    """Positions of ``values`` claimed by each filter (first match wins), and the rest.
+
+    ``paths`` is called only if some filter looks at paths.
+    """
+    predicates = [to_predicate(f) for f in filters]
+    buckets: list[list[int]] = [[] for _ in filters]
+    unclaimed: list[int] = []
+    if not any(map(needs_path, filters)):
+        # Kinds and `...` only: decide once per type, not once per value.
+        decided: dict[type, int] = {}
+        for i, value in enumerate(values):
+            t = type(value)
+            b = decided.get(t)
+            if b is None:
+                b = decided[t] = next(
+                    (j for j, p in enumerate(predicates) if p((), value)), -1
+                )
+            (buckets[b] if b >= 0 else unclaimed).append(i)
+    else:
+        all_paths = paths()
+        for i, value in enumerate(values):
+            path = all_paths[i]
+            for j, p in enumerate(predicates):
+                if p(path, value):
+                    buckets[j].append(i)
+                    break
+            else:
+                unclaimed.append(i)
+    if require_all and unclaimed:
+        shown = paths()
+        raise StructureError(
+            f"No filter claims {len(unclaimed)} value(s); every Variable must go into some "
+            f"State. Filters were ({', '.join(map(filter_repr, filters))}). Unclaimed:\n"
+            + format_paths([shown[i] for i in unclaimed])
+            + "\nAdd a catch-all filter last: st.split(tree, ..., ...)."
+        )
+    return buckets, unclaimed
+
+
+def split(tree: Any, *filters: Any) -> tuple[Any, ...]:
+    """``tree`` -> ``(graphdef, state, ...)``: one State per filter, or one of everything.
+
+    >>> import jax.numpy as jnp, statetree as st
+    >>> tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(()))}
+    >>> graphdef, params, rest = st.split(tree, st.Param, ...)
+    >>> list(params), list(rest)
+    ([('w',)], [('n',)])
+    """
+    graphdef, values = _graph.flatten(tree)
+    if not filters:
+        keys = _StateKeys(graphdef, range(len(values)))
+        return graphdef, State._make(keys, values, trusted=True)
+    buckets, _ = bucket(graphdef.paths, values, filters, require_all=True)
+    states = [
+        State._make(_StateKeys(graphdef, tuple(b)), [values[i] for i in b], trusted=True)
+        for b in buckets
+    ]
+    return (graphdef, *states)
+
+
+def state(tree: Any, *filters: Any) -> State | tuple[State, ...]:
+    """The State of ``tree`` (one or no filter), or a tuple of States (several).
+
+    Unlike :func:`split`, values that no filter claims are simply left out.
+    """
+    graphdef, values = _graph.flatten(tree)
+    if not filters:
+        return State._make(_StateKeys(graphdef, range(len(values))), values)
+    buckets, _ = bucket(graphdef.paths, values, filters, require_all=False)
+    states = tuple(
+        State._make(_StateKeys(graphdef, tuple(b)), [values[i] for i in b]) for b in buckets
+    )
+    return states[0] if len(states) == 1 else states
+
+
+def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]:
+    """Place every State's values at their value index in ``graphdef``; all or nothing."""
+    n = graphdef.num_values
+    if len(states) == 1 and isinstance(states[0], State):
+        keys = states[0]._keys
+        if keys.graphdef is graphdef and keys.indices == range(n):
+            return states[0]._values
+    values: list[Any] = [_MISSING] * n
+    extra: list[Path] = []
+    duplicated: list[Path] = []
+    index = None
+    for s in states:
+        if not isinstance(s, State):
+            raise TypeError(
+                f"{what}: expected States after the GraphDef, got {type(s).__name__}. "
+                "Pass the States that st.split returned, in any order."
+            )
+        keys = s._keys
+        if keys.graphdef is not None and keys.graphdef == graphdef:
+            positions: Sequence[int | None] = keys.indices  # type: ignore[assignment]
+        else:
+            index = graphdef.path_index() if index is None else index
+            positions = [index.get(p) for p in s.paths()]
+        for pos, value, k in zip(positions, s._values, range(len(s._values))):
+            if pos is None:
+                extra.append(s.paths()[k])
+            elif values[pos] is not _MISSING:
+                duplicated.append(s.paths()[k])
+            else:
+                values[pos] = value
+    missing = [i for i, v in enumerate(values) if v is _MISSING]
+    if extra or missing or duplicated:
+        paths = graphdef.paths()
+        problems = []
+        if missing:
+            problems.append("missing (in the GraphDef, in no State):\n" + format_paths(
+                [paths[i] for i in missing]))
+        if extra:
+            problems.append("extra (in a State, not in the GraphDef):\n" + format_paths(extra))
+        if duplicated:
+            problems.append("given twice (in more than one State):\n" + format_paths(duplicated))
+        raise StructureError(
+            f"{what}: the States do not fit the GraphDef.\n" + "\n".join(problems)
+            + "\nPass exactly the States that st.split(tree, ...) returned with this "
+            "GraphDef; a GraphDef from another structure does not fit."
+        )
+    return values
+
+
+def _check_kinds(graphdef: GraphDef, values: list[Any], what: str) -> None:
+    kinds = graphdef.kinds
+    if tuple(map(type, values)) == kinds:
+        return
+    wrong = []
+    for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
+        if kind is None:
+            ok = not isinstance(value, Variable)
+        else:
+            ok = type(value) is kind
+        if not ok:
+            wrong.append((i, kind, value))
+    if wrong:
+        paths = graphdef.paths()
+        lines = [
+            f"  {format_path(paths[i])}: expected "
+            f"{kind.__name__ if kind else 'an array or Ref'}, got {type(v).__name__}"
+            for i, kind, v in wrong
+        ]
+        raise StructureError(
+            f"{what}: {len(wrong)} value(s) are of another kind than the GraphDef records:\n"
+            + "\n".join(lines)
+            + "\nKinds are Variable classes; keep them when mapping over a State "
+            "(jax.tree.map over a State keeps them)."
+        )
+
+
+def merge(graphdef: GraphDef, *states: State) -> Any:
+    """Rebuild the tree from ``graphdef`` and the States ``split`` gave; the inverse of
+    :func:`split`. Paths that shared a Variable receive the same object again.
+    """
+    if not isinstance(graphdef, GraphDef):
+        raise TypeError(
+            f"merge(graphdef, *states): graphdef must be the GraphDef from st.split, got "
+            f"{type(graphdef).__name__}."
+        )
+    values = _gather(graphdef, states, "merge")
+    trusted = all(s._origin is s._values and s._keys.graphdef is graphdef for s in states)
+    if not trusted:
+        _check_kinds(graphdef, values, "merge")
+    return _graph.unflatten(graphdef, values)
+
+
+def update(tree: Any, *states: State) -> None:
+    """Write the States' values into ``tree``'s Variables, in place.
+
+    States may cover any subset of the tree's paths. Every path must exist in the tree
+    and match its kind, shape and dtype; otherwise nothing is written and the error
+    names every offending path.
+    """
+    graphdef, targets = _graph.flatten(tree)
+    index = graphdef.path_index()
+    paths = graphdef.paths()
+    writes: list[tuple[Any, Any]] = []
+    problems: list[str] = []
+    for s in states:
+        if not isinstance(s, State):
+            raise TypeError(
+                f"update(tree, *states): expected States, got {type(s).__name__}. Build one "
+                "with st.state(tree) or st.State({path: value})."
+            )
+        for path, new in s.items():
+            i = index.get(path)
+            if i is None:
+                problems.append(f"  {format_path(path)}: not in the tree (extra path)")
+                continue
+            target = targets[i]
+            problem = _check_write(target, new)
+            if problem:
+                problems.append(f"  {format_path(paths[i])}: {problem}")
+            else:
+                writes.append((target, new))
+    if problems:
+        raise StructureError(
+            f"update: {len(problems)} path(s) cannot be written; nothing was written:\n"
+            + "\n".join(problems)
+        )
+    for target, new in writes:
+        raw = target._raw if isinstance(target, Variable) else target
+        value = new.value if isinstance(new, Variable) else _storage.read(new)
+        _storage.write(raw, value)
+
+
+def _check_write(target: Any, new: Any) -> str | None:
+    if isinstance(target, Variable):
+        if isinstance(new, Variable) and type(new) is not type(target):
+            return f"kind {type(new).__name__} does not match the tree's {type(target).__name__}"
+        if not target.mutable:
+            return (f"the tree holds a frozen {type(target).__name__} here, which cannot be "
+                    "written in place; make the tree mutable first: tree = st.mutable(tree)")
+    elif not _storage.is_storage(target):
+        return ("the tree holds a bare array here, which cannot be written in place; make "
+                "the tree mutable first: tree = st.mutable(tree)")
+    elif isinstance(new, Variable):
+        return f"the tree holds a raw Ref here, the State a {type(new).__name__}"
+    shape, dtype = tuple(target.shape), target.dtype
+    new_shape = tuple(np.shape(new)) if not hasattr(new, "shape") else tuple(new.shape)
+    new_dtype = getattr(new, "dtype", None)
+    if new_shape != shape or new_dtype != dtype:
+        return f"expected {dtype}{list(shape)}, got {new_dtype}{list(new_shape)}"
+    return None

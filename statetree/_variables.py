@@ -1,0 +1,330 @@
+"""Variables: boxes around an array that a ``jax.jit`` function can update in place.
+
+A Variable holds either a ``jax.Array`` (it is *frozen*) or mutable storage, normally a
+``jax.Ref`` (it is *mutable*). It is a pytree node whose one child is that raw object, so
+``jax.jit`` passes the Ref straight through: a write inside the function lands in the
+caller's buffer (the lowered HLO aliases input and output).
+"""
+
+import types
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+from . import _storage
+from ._array_ops import ArrayBehaviour
+from ._config import mutable_arrays_enabled
+from ._errors import FrozenVariableError, RefValueError, VariableWriteError
+
+__all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable"]
+
+# Tracer types JAX hands a differentiated function. A Ref among them means a mutable
+# Variable was given to `jax.grad` & co., which JAX cannot differentiate.
+try:
+    from jax._src.interpreters.ad import JVPTracer, LinearizeTracer
+
+    _AD_TRACERS: tuple[type, ...] = (JVPTracer, LinearizeTracer)
+except ImportError:  # pragma: no cover - private names moved; JAX's own error remains
+    _AD_TRACERS = ()
+
+# NumPy's `same_kind` casting as a ranking of dtype families: a value may be written into
+# a Variable whose family ranks the same or higher.
+_FAMILIES = (
+    (jnp.bool_, 0),
+    (jnp.unsignedinteger, 1),
+    (jnp.signedinteger, 2),
+    (jnp.floating, 3),
+    (jnp.complexfloating, 4),
+)
+
+
+def _family(dtype: Any) -> int:
+    for generic, rank in _FAMILIES:
+        if jnp.issubdtype(dtype, generic):
+            return rank
+    return -1  # keys, opaque dtypes: only an exact dtype match is accepted
+
+
+def _can_cast(src: Any, dst: Any) -> bool:
+    if src == dst:
+        return True
+    s, d = _family(src), _family(dst)
+    return s >= 0 and d >= 0 and s <= d
+
+
+def _indexed_shape(shape: tuple[int, ...], idx: Any) -> tuple[int, ...]:
+    """The shape ``array[idx]`` has, computed without touching any data."""
+    if idx is Ellipsis:
+        return shape
+    try:
+        # A zero-strided NumPy view: basic and NumPy-array indexing cost nothing.
+        return np.broadcast_to(np.bool_(False), shape)[idx].shape
+    except (IndexError, TypeError, ValueError):
+        # Indices holding jax arrays or tracers: ask JAX.
+        probe = jax.ShapeDtypeStruct(shape, jnp.bool_)
+        return jax.eval_shape(lambda a: a[idx], probe).shape
+
+
+class Variable(ArrayBehaviour):
+    """A box around an array value that ``jax.jit`` can update in place.
+
+    Args:
+      value: the initial array (anything ``jnp.asarray`` takes). A ``jax.Ref`` is
+        refused: read it first (``ref[...]``), or use ``st.mutable`` on the tree holding it.
+      mutable: ``True`` keeps the value in a fresh ``jax.Ref``; ``False`` keeps a plain
+        ``jax.Array``; ``None`` (default) follows ``st.use_mutable_arrays``.
+      **metadata: anything to remember with the value; read back as ``v.metadata``.
+
+    Reads: ``v[...]``, ``v[idx]``, ``v.value``. Writes: ``v[...] = x``, ``v[idx] = x``,
+    ``v.value = x``, with NumPy assignment rules (broadcasting; ``same_kind`` casting).
+
+    Subclasses are *kinds* (``Param``, ``BatchStat``, ...). A kind whose class attribute
+    ``differentiable`` is False has writes wrapped in ``jax.lax.stop_gradient``, so
+    running statistics can be updated inside a loss under ``jax.grad``.
+
+    >>> import jax, jax.numpy as jnp, statetree as st
+    >>> v = st.Variable(jnp.array([1, 2, 3]), mutable=True)
+    >>> @jax.jit
+    ... def increment(v):
+    ...     v[...] += 1
+    >>> increment(v)
+    >>> v[...]
+    Array([2, 3, 4], dtype=int32)
+    """
+
+    __slots__ = ("__weakref__", "_metadata", "_raw")
+
+    differentiable: ClassVar[bool] = True
+
+    _raw: Any
+    _metadata: tuple[tuple[str, Any], ...]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register_kind(cls)
+
+    def __init__(self, value: Any, *, mutable: bool | None = None, **metadata: Any) -> None:
+        if isinstance(value, Variable):
+            value = value.value
+        if _storage.is_storage(value):
+            raise RefValueError(
+                f"{type(self).__name__}(value): value is a jax.Ref, but a Variable owns its "
+                "storage and two owners of one Ref would alias. Pass ref[...] to copy "
+                "its current value, or call st.mutable(tree) on a tree holding raw Refs."
+            )
+        if mutable is None:
+            mutable = mutable_arrays_enabled()
+        array = jnp.asarray(value)
+        self._raw = _storage.new_storage(array) if mutable else array
+        self._metadata = tuple(sorted(metadata.items()))
+
+    @classmethod
+    def _from_raw(cls, raw: Any, metadata: tuple[tuple[str, Any], ...]) -> "Variable":
+        v = object.__new__(cls)
+        v._raw = raw
+        v._metadata = metadata
+        return v
+
+    # ---------------------------------------------------------------- description
+    @property
+    def mutable(self) -> bool:
+        """True when the value lives in mutable storage (a ``jax.Ref``)."""
+        return _storage.is_storage(self._raw)
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The keyword metadata given at construction, read-only."""
+        return types.MappingProxyType(dict(self._metadata))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._raw.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self._raw.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self._raw.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self._raw.shape, dtype=np.int64))
+
+    @property
+    def sharding(self) -> Any:
+        return self._raw.sharding
+
+    # ---------------------------------------------------------------- reads
+    @property
+    def value(self) -> Any:
+        """The current value as a ``jax.Array`` (for a mutable Variable, a snapshot)."""
+        return _storage.read(self._raw)
+
+    @value.setter
+    def value(self, new: Any) -> None:
+        self._write(Ellipsis, new)
+
+    def __getitem__(self, idx: Any) -> Any:
+        value = _storage.read(self._raw)
+        # Indexing the array (never the raw Ref) keeps NumPy semantics: a raw Ref would
+        # silently drop `None` axes.
+        return value if idx is Ellipsis else value[idx]
+
+    # ---------------------------------------------------------------- writes
+    def __setitem__(self, idx: Any, new: Any) -> None:
+        self._write(idx, new)
+
+    def _write(self, idx: Any, new: Any) -> None:
+        raw = self._raw
+        if not _storage.is_storage(raw):
+            raise FrozenVariableError(
+                f"Cannot write into a frozen {self._describe()}: it holds a plain "
+                "jax.Array, and a write inside jax.jit would be lost when the call "
+                "returns. Make it mutable first: st.mutable(tree) for a whole tree, or "
+                "create it with mutable=True (or under st.use_mutable_arrays(True))."
+            )
+        value = self._coerce(idx, new)
+        if idx is Ellipsis:
+            _storage.write(raw, value)
+        else:
+            _storage.write(raw, _storage.read(raw).at[idx].set(value))
+
+    def _coerce(self, idx: Any, new: Any) -> Any:
+        """``new`` as an array of this Variable's dtype and of the indexed shape."""
+        if isinstance(new, Variable):
+            new = new.value
+        if _storage.is_storage(new):
+            raise RefValueError(
+                f"Cannot write a jax.Ref into {self._describe()}: a Variable stores "
+                "values, not references. Write its current value instead: v[...] = ref[...]."
+            )
+        dtype = self._raw.dtype
+        src = jnp.result_type(new) if not isinstance(new, (bool, int, float, complex)) else (
+            np.result_type(type(new))
+        )
+        if not _can_cast(src, dtype):
+            raise VariableWriteError(
+                f"Cannot write a value of dtype {src} into {self._describe()}: NumPy's "
+                f"'same_kind' casting does not allow {src} -> {dtype}, and a silent cast "
+                f"would lose data. Convert it explicitly, e.g. x.astype({dtype}) (or "
+                f"jnp.round(x).astype({dtype}))."
+            )
+        target = _indexed_shape(tuple(self._raw.shape), idx)
+        value = jnp.asarray(new, dtype=dtype)
+        if value.shape != target:
+            try:
+                value = jnp.broadcast_to(value, target)
+            except ValueError:
+                where = "" if idx is Ellipsis else f" at index {idx!r}"
+                raise VariableWriteError(
+                    f"Cannot write a value of shape {tuple(value.shape)} into "
+                    f"{self._describe()}{where}: it does not broadcast to the indexed "
+                    f"shape {target}. Reshape the value, or index the part you mean to write."
+                ) from None
+        if not type(self).differentiable:
+            # Non-differentiable kinds (batch statistics, caches, optimizer state) are
+            # written inside losses; JAX refuses differentiated values in such writes.
+            value = jax.lax.stop_gradient(value)
+        return value
+
+    # ---------------------------------------------------------------- display
+    def _describe(self) -> str:
+        dtype = getattr(self._raw, "dtype", "?")
+        shape = ",".join(map(str, getattr(self._raw, "shape", ())))
+        form = "mutable" if self.mutable else "frozen"
+        return f"{form} {type(self).__name__} {dtype}[{shape}]"
+
+    def __repr__(self) -> str:
+        raw = self._raw
+        dtype = getattr(raw, "dtype", None)
+        if dtype is None:  # a placeholder leaf JAX put in while mapping over trees
+            return f"{type(self).__name__}({raw!r})"
+        head = f"{type(self).__name__}({dtype}[{','.join(map(str, raw.shape))}]"
+        parts = [head, f"mutable={self.mutable}"]
+        parts.extend(f"{k}={v!r}" for k, v in self._metadata)
+        if isinstance(raw, jax.core.Tracer):
+            parts.append("traced")
+        elif getattr(raw, "size", 0) <= 16:
+            value = np.asarray(_storage.read(raw))
+            parts.append("value=" + np.array2string(value, separator=", "))
+        return ", ".join(parts) + ")"
+
+
+def _flatten_with_keys(v: Variable) -> tuple[tuple[tuple[Any, Any]], Any]:
+    return ((jtu.GetAttrKey("value"), v._raw),), v._metadata
+
+
+def _flatten(v: Variable) -> tuple[tuple[Any], Any]:
+    return (v._raw,), v._metadata
+
+
+def _unflattener(cls: type[Variable]) -> Any:
+    def unflatten(metadata: tuple[tuple[str, Any], ...], children: Any) -> Variable:
+        (raw,) = children
+        if isinstance(raw, _AD_TRACERS) and _storage.is_storage(raw):
+            raise RefValueError(
+                f"A mutable {cls.__name__} was passed to a JAX differentiation transform "
+                "(jax.grad, jax.value_and_grad, jax.vjp, ...). JAX cannot differentiate "
+                "with respect to a jax.Ref. Freeze it first and differentiate the frozen "
+                "copy: jax.grad(loss)(st.freeze(params)); write the result back with "
+                "optimizer.update(...) or st.update(...)."
+            )
+        v = object.__new__(cls)
+        v._raw = raw
+        v._metadata = metadata
+        return v
+
+    return unflatten
+
+
+def _register_kind(cls: type[Variable]) -> None:
+    jtu.register_pytree_with_keys(cls, _flatten_with_keys, _unflattener(cls), _flatten)
+
+
+_register_kind(Variable)
+
+
+class Param(Variable):
+    """A trainable parameter (differentiable)."""
+
+    __slots__ = ()
+    differentiable = True
+
+
+class BatchStat(Variable):
+    """Running statistics, e.g. BatchNorm's mean and variance (not differentiable)."""
+
+    __slots__ = ()
+    differentiable = False
+
+
+class Cache(Variable):
+    """Cached values such as attention keys and values (not differentiable)."""
+
+    __slots__ = ()
+    differentiable = False
+
+
+class OptState(Variable):
+    """Optimizer state held by ``st.Optimizer`` (not differentiable)."""
+
+    __slots__ = ()
+    differentiable = False
+
+
+def is_mutable(x: Any) -> bool:
+    """True for a mutable Variable and for mutable storage (a ``jax.Ref``, also traced).
+
+    >>> import jax, jax.numpy as jnp, statetree as st
+    >>> st.is_mutable(st.Variable(jnp.zeros(2), mutable=True)), st.is_mutable(jnp.zeros(2))
+    (True, False)
+    """
+    if isinstance(x, Variable):
+        return x.mutable
+    return _storage.is_storage(x)
