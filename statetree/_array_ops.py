@@ -115,9 +115,7 @@ class ArrayBehaviour:
         # the current value. Private names are never forwarded: copy/pickle protocols
         # must see the Variable itself.
         if name.startswith("_"):
-            raise AttributeError(
-                f"{type(self).__name__!r} object has no attribute {name!r}"
-            )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         try:
             return getattr(self.value, name)
         except AttributeError:

@@ -24,7 +24,7 @@ def mutable_arrays_enabled() -> bool:
     return _MUTABLE_DEFAULT.get()
 
 
-class use_mutable_arrays:  # noqa: N801 - used like a function, as in the guide
+class use_mutable_arrays:
     """Set whether new Variables are mutable by default, for a block or a function.
 
     As a context manager::

@@ -25,8 +25,7 @@ def _map_values(tree: Any, fn: Callable[[Any], Any], only: Any) -> Any:
         predicate = to_predicate(only)
         paths = graphdef.paths() if needs_path(only) else None
         new = [
-            fn(v) if predicate(paths[i] if paths else (), v) else v
-            for i, v in enumerate(values)
+            fn(v) if predicate(paths[i] if paths else (), v) else v for i, v in enumerate(values)
         ]
     return _graph.unflatten(graphdef, new)
 

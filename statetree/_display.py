@@ -16,7 +16,11 @@ _MAX_LINES = 40
 def value_summary(value: Any) -> str:
     """``Param float32[2,3] mutable``: kind, dtype, shape, form, on one line."""
     if isinstance(value, Variable):
-        kind, raw, form = type(value).__name__, value._raw, "mutable" if value.mutable else "frozen"
+        kind, raw, form = (
+            type(value).__name__,
+            value._raw,
+            "mutable" if value.mutable else "frozen",
+        )
     elif _storage.is_storage(value):
         kind, raw, form = "Ref", value, "mutable"
     else:

@@ -12,8 +12,8 @@ A path is a tuple of plain keys: ``str`` for dict keys and attributes, ``int`` f
 sequence indices, e.g. ``("layers", 0, "kernel")``.
 """
 
-from collections.abc import Callable
 import typing as t
+from collections.abc import Callable
 
 __all__ = ["Filter", "PathContains", "Any", "All", "Not", "to_predicate", "filter_repr"]
 
@@ -62,7 +62,7 @@ class PathContains:
         return f"PathContains({self.key!r})"
 
 
-class Any(_Combinator):  # noqa: A001 - the name users expect, next to All and Not
+class Any(_Combinator):
     """Matches when any of ``filters`` matches."""
 
     __slots__ = ()
@@ -95,7 +95,7 @@ class Not(_Combinator):
 
     __slots__ = ()
 
-    def __init__(self, filter: object) -> None:  # noqa: A002
+    def __init__(self, filter: object) -> None:
         to_predicate(filter)
         self.filters = (filter,)
 

@@ -39,7 +39,7 @@ def is_array(x: Any) -> bool:
 
 
 def _is_graph_leaf(x: Any) -> bool:
-    return isinstance(x, Variable) or isinstance(x, _nodes.NODE_TYPES)
+    return isinstance(x, (Variable, _nodes.NODE_TYPES))
 
 
 def _is_leaf_fn() -> Any:
@@ -114,8 +114,8 @@ class GraphDef:
             return True
         if not isinstance(other, GraphDef):
             return NotImplemented
-        return hash(self) == hash(other) and self.kinds == other.kinds and (
-            self.parts == other.parts
+        return (
+            hash(self) == hash(other) and self.kinds == other.kinds and (self.parts == other.parts)
         )
 
     # ------------------------------------------------------------------ paths
@@ -229,7 +229,7 @@ class _Flattener:
         if not is_root:
             # Only a node's part can be followed by parts that meet these Variables again;
             # an all-Variable root has no nodes, so nothing follows it.
-            self.ids.update(zip(map(id, unique), range(base, base + len(unique))))
+            self.ids.update(zip(map(id, unique), range(base, base + len(unique)), strict=False))
         return slots
 
     def _variables_slow(self, leaves: list[Any]) -> tuple[int, ...]:

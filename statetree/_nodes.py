@@ -29,7 +29,7 @@ _DATA_LEAVES = (jax.Array, np.ndarray, Variable, jax.Ref)
 
 
 def _holds_data(x: Any) -> bool:
-    if isinstance(x, _DATA_LEAVES) or isinstance(x, NODE_TYPES):
+    if isinstance(x, (_DATA_LEAVES, NODE_TYPES)):
         return True
     if isinstance(x, (list, tuple)):
         return any(_holds_data(e) for e in x)

@@ -44,9 +44,7 @@ def bucket(
             t = type(value)
             b = decided.get(t)
             if b is None:
-                b = decided[t] = next(
-                    (j for j, p in enumerate(predicates) if p((), value)), -1
-                )
+                b = decided[t] = next((j for j, p in enumerate(predicates) if p((), value)), -1)
             (buckets[b] if b >= 0 else unclaimed).append(i)
     else:
         all_paths = paths()
@@ -128,7 +126,7 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
         else:
             index = graphdef.path_index() if index is None else index
             positions = [index.get(p) for p in s.paths()]
-        for pos, value, k in zip(positions, s._values, range(len(s._values))):
+        for pos, value, k in zip(positions, s._values, range(len(s._values)), strict=False):
             if pos is None:
                 extra.append(s.paths()[k])
             elif values[pos] is not _MISSING:
@@ -140,14 +138,17 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
         paths = graphdef.paths()
         problems = []
         if missing:
-            problems.append("missing (in the GraphDef, in no State):\n" + format_paths(
-                [paths[i] for i in missing]))
+            problems.append(
+                "missing (in the GraphDef, in no State):\n"
+                + format_paths([paths[i] for i in missing])
+            )
         if extra:
             problems.append("extra (in a State, not in the GraphDef):\n" + format_paths(extra))
         if duplicated:
             problems.append("given twice (in more than one State):\n" + format_paths(duplicated))
         raise StructureError(
-            f"{what}: the States do not fit the GraphDef.\n" + "\n".join(problems)
+            f"{what}: the States do not fit the GraphDef.\n"
+            + "\n".join(problems)
             + "\nPass exactly the States that st.split(tree, ...) returned with this "
             "GraphDef; a GraphDef from another structure does not fit."
         )
@@ -160,10 +161,7 @@ def _check_kinds(graphdef: GraphDef, values: list[Any], what: str) -> None:
         return
     wrong = []
     for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
-        if kind is None:
-            ok = not isinstance(value, Variable)
-        else:
-            ok = type(value) is kind
+        ok = not isinstance(value, Variable) if kind is None else type(value) is kind
         if not ok:
             wrong.append((i, kind, value))
     if wrong:
@@ -242,11 +240,15 @@ def _check_write(target: Any, new: Any) -> str | None:
         if isinstance(new, Variable) and type(new) is not type(target):
             return f"kind {type(new).__name__} does not match the tree's {type(target).__name__}"
         if not target.mutable:
-            return (f"the tree holds a frozen {type(target).__name__} here, which cannot be "
-                    "written in place; make the tree mutable first: tree = st.mutable(tree)")
+            return (
+                f"the tree holds a frozen {type(target).__name__} here, which cannot be "
+                "written in place; make the tree mutable first: tree = st.mutable(tree)"
+            )
     elif not _storage.is_storage(target):
-        return ("the tree holds a bare array here, which cannot be written in place; make "
-                "the tree mutable first: tree = st.mutable(tree)")
+        return (
+            "the tree holds a bare array here, which cannot be written in place; make "
+            "the tree mutable first: tree = st.mutable(tree)"
+        )
     elif isinstance(new, Variable):
         return f"the tree holds a raw Ref here, the State a {type(new).__name__}"
     shape, dtype = tuple(target.shape), target.dtype

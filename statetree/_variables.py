@@ -205,8 +205,10 @@ class Variable(ArrayBehaviour):
                 "values, not references. Write its current value instead: v[...] = ref[...]."
             )
         dtype = self._raw.dtype
-        src = jnp.result_type(new) if not isinstance(new, (bool, int, float, complex)) else (
-            np.result_type(type(new))
+        src = (
+            jnp.result_type(new)
+            if not isinstance(new, (bool, int, float, complex))
+            else (np.result_type(type(new)))
         )
         if not _can_cast(src, dtype):
             raise VariableWriteError(
