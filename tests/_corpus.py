@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import statetree as st
 
 Point = namedtuple("Point", ["x", "y"])

@@ -1,11 +1,11 @@
 """The run-time type checks are really on: typeguard instruments ``statetree``."""
 
 import pytest
+from _corpus import CORPUS
+from conftest import CORPUS_NAMES
 from typeguard import TypeCheckError
 
 import statetree as st
-from _corpus import CORPUS
-from conftest import CORPUS_NAMES
 
 
 def test_wrong_typed_call_fails_under_the_plugin() -> None:

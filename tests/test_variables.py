@@ -270,9 +270,9 @@ def test_len_of_scalar_raises() -> None:
 def test_missing_attribute_error() -> None:
     v = st.Variable(jnp.zeros(2))
     with pytest.raises(AttributeError, match="neither has its array value"):
-        v.no_such_thing  # noqa: B018
+        v.no_such_thing
     with pytest.raises(AttributeError, match="_private"):
-        v._private  # noqa: B018
+        v._private
 
 
 def test_copy_and_pickle_keep_the_kind() -> None:

@@ -1,0 +1,159 @@
+"""Property-based round trips on random pytrees with random sharing and random filters."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _corpus import assert_trees_equal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+import statetree as st
+
+KINDS = [st.Variable, st.Param, st.BatchStat, st.Cache, st.OptState]
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@hs.composite
+def leaves(draw: hs.DrawFn, pool: list[Any]) -> Any:
+    """A leaf: a fresh array, a static, or a Variable/Ref drawn from a shared pool."""
+    choice = draw(hs.sampled_from(["array", "static", "shared", "shared", "none"]))
+    if choice == "array":
+        shape = draw(hs.sampled_from([(), (2,), (1, 3)]))
+        dtype = draw(hs.sampled_from([jnp.float32, jnp.int32, jnp.bfloat16]))
+        return jnp.full(shape, draw(hs.integers(-3, 3)), dtype)
+    if choice == "static":
+        return draw(hs.sampled_from([1, "relu", 2.5, True]))
+    if choice == "none":
+        return None
+    return draw(hs.sampled_from(pool))
+
+
+@hs.composite
+def trees(draw: hs.DrawFn) -> Any:
+    """A random nest of dicts/lists/tuples whose Variables and Refs may be shared."""
+    pool: list[Any] = []
+    for i in range(draw(hs.integers(1, 4))):
+        kind = draw(hs.sampled_from(KINDS))
+        mutable = draw(hs.booleans())
+        pool.append(kind(jnp.full((2,), float(i)), mutable=mutable))
+    if draw(hs.booleans()):
+        pool.append(jax.new_ref(jnp.arange(3.0)))
+    return draw(
+        hs.recursive(
+            leaves(pool),
+            lambda children: hs.one_of(
+                hs.dictionaries(hs.sampled_from("abcd"), children, max_size=3),
+                hs.lists(children, max_size=3),
+                hs.lists(children, max_size=2).map(tuple),
+            ),
+            max_leaves=8,
+        )
+    )
+
+
+FILTERS = [
+    st.Param,
+    st.BatchStat,
+    st.Variable,
+    st.PathContains("a"),
+    st.PathContains(0),
+    st.Not(st.Param),
+    st.Any(st.Cache, st.PathContains("b")),
+    st.All(st.Variable, st.PathContains("c")),
+    lambda path, value: len(path) > 1,
+]
+
+
+def identity_classes(values: list[Any]) -> list[list[int]]:
+    """Positions grouped by object identity: the shape of the sharing."""
+    groups: dict[int, list[int]] = {}
+    for i, v in enumerate(values):
+        groups.setdefault(id(v), []).append(i)
+    return sorted(groups.values())
+
+
+def graph_values(tree: Any) -> list[Any]:
+    """Every Variable/Ref at every position (not deduplicated)."""
+    flat = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, st.Variable))
+    return [x for x in flat if isinstance(x, st.Variable) or st.is_mutable(x)]
+
+
+@SETTINGS
+@given(trees())
+def test_split_merge_round_trip_keeps_identity(tree: Any) -> None:
+    graphdef, state = st.split(tree)
+    rebuilt = st.merge(graphdef, state)
+    assert_trees_equal(st.unbox(rebuilt), st.unbox(tree))
+    before, after = graph_values(tree), graph_values(rebuilt)
+    assert len(before) == len(after)
+    assert all(a is b for a, b in zip(before, after, strict=True))  # nothing copied
+    # Each shared object is stored once.
+    assert len(state) == len({id(v) for v in state.values()})
+
+
+@SETTINGS
+@given(trees(), hs.lists(hs.sampled_from(FILTERS), max_size=3))
+def test_split_buckets_first_match(tree: Any, filters: list[Any]) -> None:
+    graphdef, *states = st.split(tree, *filters, ...)
+    everything = st.state(tree)
+    assert sum(map(len, states)) == len(everything)
+    for bucket, state in enumerate(states):
+        for path, value in state.items():
+            first = next(
+                (i for i, f in enumerate(filters) if _matches(f, path, value)), len(filters)
+            )
+            assert first == bucket, (path, value, filters)
+    rebuilt = st.merge(graphdef, *reversed(states))
+    assert_trees_equal(st.unbox(rebuilt), st.unbox(tree))
+
+
+def _matches(f: Any, path: tuple[Any, ...], value: Any) -> bool:
+    return isinstance(value, f) if isinstance(f, type) else bool(f(path, value))
+
+
+def positions(tree: Any) -> list[Any]:
+    """Every leaf position, Variables kept whole (arrays, Refs, Variables, statics)."""
+    return jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, st.Variable))
+
+
+@SETTINGS
+@given(trees())
+def test_mutable_freeze_unbox_round_trip_keeps_sharing(tree: Any) -> None:
+    m = st.mutable(tree)
+    assert all(st.is_mutable(v) for v in graph_values(m))
+    f = st.freeze(m)
+    assert_trees_equal(st.unbox(f), st.unbox(tree))
+    before, after, frozen = positions(tree), positions(m), positions(f)
+    assert len(before) == len(after) == len(frozen)
+    has_identity = [i for i, x in enumerate(before) if graph_values(x)]
+    arrays = [i for i, x in enumerate(before) if isinstance(x, jax.Array)]
+    # Things with identity keep their sharing pattern through mutable and freeze ...
+    for converted in (after, frozen):
+        assert identity_classes([converted[i] for i in has_identity]) == identity_classes(
+            [before[i] for i in has_identity]
+        )
+    # ... and arrays are values: each becomes its own Variable.
+    assert len({id(after[i]) for i in arrays}) == len(arrays)
+    assert all(isinstance(after[i], st.Variable) for i in arrays)
+
+
+@SETTINGS
+@given(trees())
+def test_update_with_own_state_changes_nothing(tree: Any) -> None:
+    m = st.mutable(tree)
+    before = st.unbox(m)
+    st.update(m, st.freeze(st.state(m)))
+    assert_trees_equal(st.unbox(m), before)
+
+
+@SETTINGS
+@given(trees(), hs.integers(-5, 5))
+def test_update_writes_through_every_shared_path(tree: Any, fill: int) -> None:
+    m = st.mutable(tree)
+    state = st.state(m)
+    new = jax.tree.map(lambda x: jnp.full(x.shape, fill, x.dtype), st.freeze(state))
+    st.update(m, new)
+    for value in graph_values(m):
+        np.testing.assert_array_equal(np.asarray(value[...], np.float32), float(fill))

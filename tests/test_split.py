@@ -1,0 +1,320 @@
+"""split / merge / state / update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _corpus import assert_trees_equal
+from typeguard import suppress_type_checks
+
+import statetree as st
+
+
+def model() -> dict:
+    return st.mutable(
+        {
+            "linear": {"kernel": st.Param(jnp.ones((2, 3))), "bias": st.Param(jnp.zeros(3))},
+            "bn": {"mean": st.BatchStat(jnp.zeros(3)), "var": st.BatchStat(jnp.ones(3))},
+            "count": jnp.array(0),
+            "act": "gelu",
+        }
+    )
+
+
+# ------------------------------------------------------------------ split / merge
+def test_split_without_filters_holds_everything() -> None:
+    m = model()
+    _graphdef, state = st.split(m)
+    assert len(state) == 5
+    assert set(state) == {
+        ("linear", "kernel"),
+        ("linear", "bias"),
+        ("bn", "mean"),
+        ("bn", "var"),
+        ("count",),
+    }
+    assert state["bn", "mean"] is m["bn"]["mean"]
+
+
+def test_merge_round_trip_copies_nothing(corpus_tree: object) -> None:
+    graphdef, state = st.split(corpus_tree)
+    rebuilt = st.merge(graphdef, state)
+    assert_trees_equal(st.unbox(rebuilt), st.unbox(corpus_tree))
+    # Same Variable objects, same storage: nothing was copied.
+    for path, value in state.items():
+        assert st.state(rebuilt)[path] is value
+
+
+def test_split_by_kinds_first_match_wins() -> None:
+    m = model()
+    graphdef, params, stats, rest = st.split(m, st.Param, st.BatchStat, ...)
+    assert set(params) == {("linear", "kernel"), ("linear", "bias")}
+    assert set(stats) == {("bn", "mean"), ("bn", "var")}
+    assert set(rest) == {("count",)}
+    _, everything, nothing = st.split(m, ..., st.Param)
+    assert len(everything) == 5 and len(nothing) == 0
+    rebuilt = st.merge(graphdef, rest, stats, params)  # any order
+    assert rebuilt["linear"]["kernel"] is m["linear"]["kernel"]
+    assert rebuilt["act"] == "gelu"
+
+
+def test_path_filters_and_combinators() -> None:
+    m = model()
+    _, bn, _other = st.split(m, st.PathContains("bn"), ...)
+    assert set(bn) == {("bn", "mean"), ("bn", "var")}
+    _, kernel, _ = st.split(m, st.All(st.Param, st.PathContains("kernel")), ...)
+    assert set(kernel) == {("linear", "kernel")}
+    _, not_param, _ = st.split(m, st.Not(st.Param), ...)
+    assert len(not_param) == 3
+    _, either, _ = st.split(m, st.Any(st.PathContains("bias"), st.BatchStat), ...)
+    assert len(either) == 3
+    _, pred, _ = st.split(m, lambda path, v: path[-1] == "var", ...)
+    assert set(pred) == {("bn", "var")}
+    _, idx, _ = st.split({"layers": [jnp.ones(1), jnp.ones(2)]}, st.PathContains(1), ...)
+    assert set(idx) == {("layers", 1)}
+
+
+def test_filter_reprs() -> None:
+    f = st.Any(st.Param, st.Not(st.PathContains("bn")), ...)
+    assert repr(f) == "Any(Param, Not(PathContains('bn')), ...)"
+    assert st.PathContains("a") == st.PathContains("a")
+    assert hash(st.All(st.Param)) == hash(st.All(st.Param))
+
+
+def test_kind_filters_match_variables_only() -> None:
+    tree = {"v": st.Variable(jnp.ones(1)), "a": jnp.ones(1), "r": jax.new_ref(jnp.ones(1))}
+    _, variables, rest = st.split(tree, st.Variable, ...)
+    assert set(variables) == {("v",)} and set(rest) == {("a",), ("r",)}
+
+
+def test_unclaimed_value_names_its_path() -> None:
+    with pytest.raises(st.StructureError, match=r"Unclaimed:\n  \['bn'\]\['mean'\]"):
+        st.split(model(), st.Param, PathsOnly("count"))
+
+
+def PathsOnly(key: str) -> st.PathContains:
+    return st.PathContains(key)
+
+
+def test_not_a_filter() -> None:
+    with pytest.raises(TypeError, match=r"Not a filter: 'bn'.*PathContains"):
+        st.split(model(), "bn")
+    with pytest.raises(TypeError, match="Not a filter"):
+        st.Not(3)
+
+
+def test_eager_split_merge_share_storage() -> None:
+    m = model()
+    graphdef, state = st.split(m)
+    rebuilt = st.merge(graphdef, state)
+    rebuilt["linear"]["bias"][...] = 7.0
+    np.testing.assert_array_equal(m["linear"]["bias"][...], [7, 7, 7])
+
+
+# ------------------------------------------------------------------ sharing
+def test_shared_variables_appear_once_and_merge_as_one() -> None:
+    v = st.Param(jnp.zeros(2), mutable=True)
+    tree = {"a": v, "b": [v, jnp.ones(1)]}
+    graphdef, state = st.split(tree)
+    assert list(state) == [("a",), ("b", 1)]  # first path only
+    rebuilt = st.merge(graphdef, state)
+    assert rebuilt["a"] is rebuilt["b"][0] is v
+
+
+def test_shared_raw_refs_appear_once() -> None:
+    r = jax.new_ref(jnp.zeros(2))
+    graphdef, state = st.split((r, r))
+    assert len(state) == 1
+    a, b = st.merge(graphdef, state)
+    assert a is b is r
+
+
+@jax.jit
+def add_through_b(graphdef: st.GraphDef, state: st.State) -> None:
+    tree = st.merge(graphdef, state)
+    tree["b"][...] += 10
+
+
+def test_merge_inside_jit_restores_sharing_graphdef_as_plain_argument() -> None:
+    v = st.Variable(jnp.array(0), mutable=True)
+    tree = {"a": v, "b": v}
+    graphdef, state = st.split(tree)
+    add_through_b(graphdef, state)
+    assert int(tree["a"][...]) == 10 and int(tree["b"][...]) == 10
+
+
+def test_merge_inside_jit_graphdef_static_or_closed_over() -> None:
+    v = st.Variable(jnp.array(0), mutable=True)
+    graphdef, state = st.split({"a": v, "b": v})
+
+    @jax.jit
+    def closed(state: st.State) -> None:
+        st.merge(graphdef, state)["a"][...] += 1
+
+    static = jax.jit(add_through_b.__wrapped__, static_argnums=0)
+    closed(state)
+    static(graphdef, state)
+    assert int(v[...]) == 11
+
+
+# ------------------------------------------------------------------ GraphDef
+def test_graphdef_is_hashable_equal_and_leafless() -> None:
+    g1, _ = st.split(model())
+    g2, _ = st.split(st.freeze(model()))  # frozen or mutable: same structure
+    assert g1 == g2 and hash(g1) == hash(g2)
+    assert jax.tree_util.tree_leaves(g1) == []
+    g3, _ = st.split({**model(), "act": "relu"})  # statics take part in equality
+    assert g1 != g3
+    g4, _ = st.split({**model(), "count": st.BatchStat(jnp.array(0))})  # kinds too
+    assert g1 != g4
+
+
+def test_graphdef_records_no_shapes() -> None:
+    g1, _ = st.split({"w": st.Param(jnp.ones(2))})
+    g2, _ = st.split({"w": st.Param(jnp.ones((5, 5)))})
+    assert g1 == g2
+
+
+def test_graphdef_repr_marks_shared_paths() -> None:
+    v = st.Param(jnp.ones(1))
+    graphdef, _ = st.split({"a": v, "b": v, "c": st.BatchStat(jnp.ones(1))})
+    assert repr(graphdef) == (
+        "GraphDef(2 values:\n  ['a']: Param  shared with ['b']\n  ['c']: BatchStat\n)"
+    )
+
+
+def test_states_sliced_by_scan_and_vmap_still_merge() -> None:
+    layers = st.mutable({"w": jnp.ones((4, 2)), "n": st.BatchStat(jnp.zeros(4))})
+    graphdef, params, stats = st.split(layers, st.Variable, st.BatchStat)
+    frozen = st.freeze(params)
+
+    def body(carry: jax.Array, p: st.State) -> tuple[jax.Array, None]:
+        layer = st.merge(graphdef, p, st.freeze(stats_template))
+        return carry + layer["w"].sum(), None
+
+    stats_template = jax.tree.map(lambda x: x[0], st.freeze(stats))
+    total, _ = jax.lax.scan(body, jnp.zeros(()), frozen)
+    assert float(total) == 8.0
+    per_layer = jax.vmap(lambda p: st.merge(graphdef, p, stats_template)["w"].sum())(frozen)
+    np.testing.assert_array_equal(per_layer, [2, 2, 2, 2])
+
+
+# ------------------------------------------------------------------ merge errors
+def test_merge_missing_and_extra_paths_are_named() -> None:
+    graphdef, params, rest = st.split(model(), st.Param, ...)
+    with pytest.raises(st.StructureError, match=r"missing.*\n  \['bn'\]\['mean'\]"):
+        st.merge(graphdef, params)
+    other = st.State({("nope",): st.Param(jnp.ones(1))})
+    with pytest.raises(st.StructureError, match=r"extra.*\n  \['nope'\]"):
+        st.merge(graphdef, params, rest, other)
+    with pytest.raises(st.StructureError, match=r"given twice"):
+        st.merge(graphdef, params, rest, params)
+
+
+def test_merge_with_another_structures_graphdef() -> None:
+    _, state = st.split(model())
+    other_graphdef, _ = st.split({"w": st.Param(jnp.ones(1))})
+    with pytest.raises(st.StructureError, match=r"another structure"):
+        st.merge(other_graphdef, state)
+
+
+def test_merge_checks_kinds() -> None:
+    graphdef, state = st.split(model())
+    as_arrays = st.State(
+        {p: (v[...] if isinstance(v, st.Variable) else v) for p, v in state.items()}
+    )
+    with pytest.raises(st.StructureError, match=r"\['bn'\]\['mean'\]: expected BatchStat, got"):
+        st.merge(graphdef, as_arrays)
+
+
+def test_merge_needs_a_graphdef_and_states() -> None:
+    graphdef, state = st.split(model())
+    with suppress_type_checks():  # statetree's own checks, for users without typeguard
+        with pytest.raises(TypeError, match="graphdef must be the GraphDef"):
+            st.merge(state, graphdef)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="expected States after the GraphDef"):
+            st.merge(graphdef, state, {"x": 1})  # type: ignore[arg-type]
+
+
+def test_merge_accepts_states_rebuilt_from_paths() -> None:
+    m = model()
+    graphdef, state = st.split(m)
+    rebuilt = st.merge(graphdef, st.State(state.flat()))
+    assert rebuilt["bn"]["var"] is m["bn"]["var"]
+
+
+# ------------------------------------------------------------------ state / update
+def test_state_with_filters() -> None:
+    m = model()
+    assert len(st.state(m)) == 5
+    params = st.state(m, st.Param)
+    assert isinstance(params, st.State) and len(params) == 2
+    params, stats = st.state(m, st.Param, st.BatchStat)  # unclaimed values left out
+    assert len(stats) == 2
+
+
+def test_update_writes_in_place_and_accepts_partial_states() -> None:
+    m = model()
+    kernel = m["linear"]["kernel"]
+    new = st.State({("linear", "kernel"): jnp.full((2, 3), 5.0), ("count",): jnp.array(3)})
+    st.update(m, new)
+    assert m["linear"]["kernel"] is kernel
+    np.testing.assert_array_equal(kernel[...], np.full((2, 3), 5.0))
+    assert int(m["count"][...]) == 3
+
+
+def test_update_round_trip_changes_nothing() -> None:
+    m = model()
+    before = st.unbox(m)
+    st.update(m, st.freeze(st.state(m)))
+    assert_trees_equal(st.unbox(m), before)
+
+
+def test_update_inside_jit() -> None:
+    m = model()
+    del m["act"]  # a str leaf is not a valid jit argument (a JAX rule)
+
+    @jax.jit
+    def load(m: dict, stats: st.State) -> None:
+        st.update(m, stats)
+
+    load(m, st.State({("bn", "mean"): st.BatchStat(jnp.ones(3))}))
+    np.testing.assert_array_equal(m["bn"]["mean"][...], [1, 1, 1])
+
+
+def test_update_errors_name_every_path_and_write_nothing() -> None:
+    m = model()
+    before = st.unbox(m)
+    bad = st.State(
+        {
+            ("linear", "bias"): jnp.ones(3),  # fine on its own
+            ("linear", "kernel"): jnp.ones((3, 3)),  # shape
+            ("bn", "var"): jnp.ones(3, jnp.int32),  # dtype
+            ("bn", "mean"): st.Param(jnp.ones(3)),  # kind
+            ("missing",): jnp.ones(1),  # extra path
+        }
+    )
+    with pytest.raises(st.StructureError, match="4 path") as info:
+        st.update(m, bad)
+    message = str(info.value)
+    assert "['linear']['kernel']: expected float32[2, 3], got float32[3, 3]" in message
+    assert "['bn']['var']: expected float32[3], got int32[3]" in message
+    assert "['bn']['mean']: kind Param does not match the tree's BatchStat" in message
+    assert "['missing']: not in the tree" in message
+    assert_trees_equal(st.unbox(m), before)  # nothing half-applied
+
+
+def test_update_into_bare_arrays_says_make_mutable() -> None:
+    tree = {"w": jnp.zeros(2), "p": st.Param(jnp.zeros(2))}
+    new = st.State({("w",): jnp.ones(2), ("p",): jnp.ones(2)})
+    with pytest.raises(
+        st.StructureError, match=r"\['w'\]: the tree holds a bare array.*st\.mutable"
+    ):
+        st.update(tree, new)
+    with pytest.raises(st.StructureError, match=r"\['p'\]: the tree holds a frozen Param"):
+        st.update(tree, new)
+
+
+def test_update_needs_states() -> None:
+    with suppress_type_checks(), pytest.raises(TypeError, match="expected States"):
+        st.update(model(), {"count": 1})  # type: ignore[arg-type]

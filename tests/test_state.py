@@ -1,0 +1,91 @@
+"""State: a pytree keyed by path, with flat and nested views and filtering."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typeguard import suppress_type_checks
+
+import statetree as st
+
+
+def tree() -> dict:
+    return {
+        "layers": [
+            {"w": st.Param(jnp.ones((2, 2))), "n": st.BatchStat(jnp.zeros(2), mutable=True)},
+            {"w": st.Param(jnp.ones((2, 2))), "n": st.BatchStat(jnp.zeros(2), mutable=True)},
+        ],
+        "step": jnp.array(0),
+    }
+
+
+def test_views() -> None:
+    state = st.state(tree())
+    assert state.paths()[:2] == (("layers", 0, "n"), ("layers", 0, "w"))
+    flat = state.flat()
+    assert list(flat) == list(state.paths())
+    nested = state.nested()
+    assert nested["layers"][1]["w"] is flat["layers", 1, "w"]
+    assert ("step",) in state and ("nope",) not in state
+    assert len(state.values()) == len(state) == 5
+
+
+def test_getitem_missing_path() -> None:
+    with pytest.raises(KeyError, match=r"No value at path \('nope',\)"):
+        st.state(tree())["nope",]
+
+
+def test_keys_must_be_paths() -> None:
+    with suppress_type_checks(), pytest.raises(TypeError, match=r"keys must be paths.*\('w',\)"):
+        st.State({"w": jnp.ones(1)})
+
+
+def test_filter() -> None:
+    state = st.state(tree())
+    params = state.filter(st.Param)
+    assert isinstance(params, st.State) and set(params) == {("layers", 0, "w"), ("layers", 1, "w")}
+    first, rest = state.filter(st.PathContains(0), ...)
+    assert len(first) == 2 and len(rest) == 3
+    graphdef, _ = st.split(tree())
+    assert st.merge(graphdef, first, rest)["step"] is not None
+
+
+def test_union() -> None:
+    state = st.state(tree())
+    a, b = state.filter(st.Param, ...)
+    assert (a | b).flat() == state.flat()
+
+
+def test_state_is_a_pytree_that_keeps_kinds() -> None:
+    state = st.freeze(st.state(tree()))
+    doubled = jax.tree.map(lambda x: x * 2, state)
+    assert isinstance(doubled, st.State)
+    assert type(doubled["layers", 0, "w"]) is st.Param
+    np.testing.assert_array_equal(doubled["layers", 0, "w"][...], np.full((2, 2), 2.0))
+    leaves = jax.tree_util.tree_leaves(state)
+    assert len(leaves) == 5 and all(isinstance(x, jax.Array) for x in leaves)
+    keyed = jax.tree_util.tree_flatten_with_path(state)[0]
+    assert jax.tree_util.keystr(keyed[0][0]).startswith("[\"['layers'][0]['n']\"]")
+
+
+def test_grad_through_a_frozen_state() -> None:
+    graphdef, params, rest = st.split(tree(), st.Param, ...)
+
+    def loss(params: st.State) -> jax.Array:
+        model = st.merge(graphdef, params, rest)
+        return sum((layer["w"] ** 2).sum() for layer in model["layers"])
+
+    grads = jax.grad(loss)(st.freeze(params))
+    assert isinstance(grads, st.State) and set(grads) == set(params)
+    np.testing.assert_allclose(grads["layers", 1, "w"][...], np.full((2, 2), 2.0))
+
+
+def test_repr() -> None:
+    assert repr(st.state(tree()).filter(st.PathContains(1))) == (
+        "State({\n"
+        "  ['layers'][1]['n']: BatchStat float32[2] mutable\n"
+        "  ['layers'][1]['w']: Param float32[2,2] frozen\n"
+        "})"
+    )
+    assert repr(st.State()) == "State({})"
+    assert "Ref int32[] mutable" in repr(st.state({"r": jax.new_ref(jnp.array(0))}))
