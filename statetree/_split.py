@@ -203,8 +203,6 @@ def update(tree: Any, *states: State) -> None:
     names every offending path.
     """
     graphdef, targets = _graph.flatten(tree)
-    index = graphdef.path_index()
-    paths = graphdef.paths()
     writes: list[tuple[Any, Any]] = []
     problems: list[str] = []
     for s in states:
@@ -213,15 +211,21 @@ def update(tree: Any, *states: State) -> None:
                 f"update(tree, *states): expected States, got {type(s).__name__}. Build one "
                 "with st.state(tree) or st.State({path: value})."
             )
-        for path, new in s.items():
-            i = index.get(path)
+        keys = s._keys
+        if keys.graphdef is not None and keys.graphdef == graphdef:
+            # Same structure (e.g. a State of this very tree): value indices line up.
+            positions: Sequence[int | None] = keys.indices  # type: ignore[assignment]
+        else:
+            index = graphdef.path_index()
+            positions = [index.get(p) for p in s.paths()]
+        for k, (i, new) in enumerate(zip(positions, s._values, strict=True)):
             if i is None:
-                problems.append(f"  {format_path(path)}: not in the tree (extra path)")
+                problems.append(f"  {format_path(s.paths()[k])}: not in the tree (extra path)")
                 continue
             target = targets[i]
             problem = _check_write(target, new)
             if problem:
-                problems.append(f"  {format_path(paths[i])}: {problem}")
+                problems.append(f"  {format_path(graphdef.paths()[i])}: {problem}")
             else:
                 writes.append((target, new))
     if problems:

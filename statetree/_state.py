@@ -27,7 +27,7 @@ class _StateKeys:
     compare: jit compares it on every call.
     """
 
-    __slots__ = ("_hash", "_paths", "graphdef", "indices")
+    __slots__ = ("_hash", "_index", "_paths", "graphdef", "indices")
 
     def __init__(
         self,
@@ -39,6 +39,13 @@ class _StateKeys:
         self.indices = indices  # a `range` when the State holds every value in order
         self._paths = paths
         self._hash: int | None = None
+        self._index: dict[Path, int] | None = None
+
+    def position(self, path: Path) -> int | None:
+        """Where ``path`` sits among the State's values (None if absent)."""
+        if self._index is None:
+            self._index = {p: i for i, p in enumerate(self.paths())}
+        return self._index.get(path)
 
     def paths(self) -> tuple[Path, ...]:
         if self._paths is None:
@@ -120,16 +127,16 @@ class State:
         return len(self._values)
 
     def __contains__(self, path: object) -> bool:
-        return path in self.paths()
+        return isinstance(path, tuple) and self._keys.position(path) is not None
 
     def __getitem__(self, path: Path) -> Any:
-        try:
-            return self._values[self.paths().index(path)]
-        except ValueError:
+        position = self._keys.position(path)
+        if position is None:
             raise KeyError(
                 f"No value at path {path!r} in this State. Paths are tuples of plain keys; "
                 f"this State has {len(self)}, e.g. {list(self.paths()[:3])!r}."
-            ) from None
+            )
+        return self._values[position]
 
     # ------------------------------------------------------------------ views
     def flat(self) -> dict[Path, Any]:
@@ -178,6 +185,13 @@ class State:
         if not self._values:
             return "State({})"
         lines = [f"  {format_path(p)}: {value_summary(v)}" for p, v in self.items()]
+        keys = self._keys
+        if keys.graphdef is not None and keys.indices is not None:
+            occurrences = keys.graphdef.occurrences()
+            for line, i in enumerate(keys.indices):
+                if len(occurrences[i]) > 1:
+                    also = ", ".join(format_path(p) for p in occurrences[i][1:])
+                    lines[line] += f"  (shared with {also})"
         return "State({\n" + "\n".join(lines) + "\n})"
 
 

@@ -88,4 +88,8 @@ def test_repr() -> None:
         "})"
     )
     assert repr(st.State()) == "State({})"
+    v = st.Param(jnp.ones(1))
+    assert repr(st.state({"a": v, "b": [v]})) == (
+        "State({\n  ['a']: Param float32[1] frozen  (shared with ['b'][0])\n})"
+    )
     assert "Ref int32[] mutable" in repr(st.state({"r": jax.new_ref(jnp.array(0))}))
