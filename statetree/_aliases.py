@@ -19,17 +19,49 @@ def find_aliases(tree: Any) -> list[tuple[Path, ...]]:
 
     A registered node reached through two paths shows as its Variables, each under both.
 
-    >>> import jax.numpy as jnp, statetree as st
-    >>> v = st.Variable(jnp.zeros(()))
-    >>> st.find_aliases({"a": v, "b": v})
-    [(('a',), ('b',))]
+    Args:
+      tree: any pytree.
+
+    Returns:
+      One tuple of paths per shared Variable or Ref; empty when nothing is shared.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, statetree as st
+      >>> v = st.Variable(jnp.zeros(()))
+      >>> st.find_aliases({"a": v, "b": v, "c": st.Variable(jnp.zeros(()))})
+      [(('a',), ('b',))]
+      >>> ref = jax.new_ref(jnp.zeros(2))
+      >>> st.find_aliases([ref, (ref,)])
+      [((0,), (1, 0))]
     """
     graphdef, _ = _graph.flatten(tree)
     return [paths for paths in graphdef.occurrences() if len(paths) > 1]
 
 
 def check_aliases(tree: Any) -> None:
-    """Raise :class:`st.AliasError` if any Variable or Ref appears at several paths."""
+    """Raise ``st.AliasError`` if any Variable or Ref appears at several paths.
+
+    ``jax.jit`` refuses one mutable reference passed twice and names only the first pair
+    it meets; this names every group, before tracing, with the fix: pass
+    ``st.split(tree)`` and call ``st.merge`` inside the function.
+
+    Args:
+      tree: any pytree.
+
+    Raises:
+      AliasError: some Variable or Ref is reachable through several paths.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> v = st.Variable(jnp.zeros(()), mutable=True)
+      >>> st.check_aliases({"a": v, "b": st.Variable(jnp.zeros(()))})  # nothing shared
+      >>> st.check_aliases({"a": v, "b": v})
+      Traceback (most recent call last):
+        ...
+      statetree._errors.AliasError: 1 Variable(s)/Ref(s) appear at several paths of this tree:
+        ['a'] <-> ['b']
+      jax.jit refuses ...
+    """
     groups = find_aliases(tree)
     if not groups:
         return

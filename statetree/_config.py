@@ -27,18 +27,33 @@ def mutable_arrays_enabled() -> bool:
 class use_mutable_arrays:
     """Set whether new Variables are mutable by default, for a block or a function.
 
-    As a context manager::
+    A ``Variable(value)`` created without ``mutable=`` is mutable (holds a ``jax.Ref``)
+    when the flag is on and frozen when it is off. The default is off. The setting is held
+    in a ``contextvars.ContextVar``: each thread and each asyncio task sees its own, and a
+    ``with`` block in one never leaks into another.
 
-        with st.use_mutable_arrays(True):
-            v = st.Variable(jnp.zeros(3))   # v.mutable is True
+    Args:
+      flag: True for mutable Variables by default, False for frozen ones.
 
-    As a decorator, each call of the function runs with the flag set::
+    Raises:
+      TypeError: ``flag`` is not a ``bool``.
 
-        @st.use_mutable_arrays(True)
-        def init(): ...
+    Examples:
+      As a context manager:
 
-    The default is off. The setting is held in a ``ContextVar``: threads and asyncio tasks
-    each see their own.
+      >>> import jax.numpy as jnp, statetree as st
+      >>> with st.use_mutable_arrays(True):
+      ...     v = st.Variable(jnp.zeros(3))
+      >>> v.mutable, st.Variable(jnp.zeros(3)).mutable
+      (True, False)
+
+      As a decorator, each call of the function runs with the flag set:
+
+      >>> @st.use_mutable_arrays(True)
+      ... def init():
+      ...     return {"w": st.Param(jnp.ones(2))}
+      >>> init()["w"].mutable
+      True
     """
 
     __slots__ = ("_flag", "_tokens")

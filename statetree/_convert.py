@@ -57,25 +57,62 @@ def _to_array(value: Any) -> Any:
 def mutable(tree: Any, only: Any = ...) -> Any:
     """A new tree in which every Variable (matching ``only``) is mutable.
 
-    Bare array leaves become mutable ``st.Variable``s; non-array leaves are left alone;
-    Variables that are already mutable are kept (the same object); raw Refs are kept.
-    Sharing is preserved: one Variable at several paths is one mutable Variable after.
-    The input is not modified. Inside ``jax.jit`` the result cannot be returned (JAX
-    refuses Refs as outputs): build frozen inside jit, call ``st.mutable`` outside.
+    Bare array leaves become mutable ``st.Variable``s; non-array leaves (ints, strings,
+    functions, ``None``) are left alone; Variables that are already mutable are kept (the
+    same object); raw Refs are kept. Sharing is preserved: one Variable, Ref or registered
+    node at several paths is one object after. Arrays are values: the same array at two
+    paths becomes two independent Variables. The input is not modified.
 
-    >>> import jax.numpy as jnp, statetree as st
-    >>> model = st.mutable({"w": jnp.ones(2), "act": "relu"})
-    >>> model["w"].mutable, model["act"]
-    (True, 'relu')
+    Inside ``jax.jit`` the result cannot be returned (JAX refuses Refs as outputs): build
+    the tree frozen inside jit and call ``st.mutable`` outside.
+
+    Args:
+      tree: any pytree (registered nodes included).
+      only: a filter (see ``st.split``): only the values it matches are converted.
+        Default ``...``: all of them.
+
+    Returns:
+      The converted tree, of the same structure.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> model = st.mutable({"w": jnp.ones(2), "act": "relu"})
+      >>> model["w"], model["act"]
+      (Variable(float32[2], mutable=True, value=[1., 1.]), 'relu')
+
+      Only some kinds:
+
+      >>> tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(()))}
+      >>> half = st.mutable(tree, only=st.BatchStat)
+      >>> half["w"].mutable, half["n"].mutable
+      (False, True)
     """
     return _map_values(tree, _to_mutable, only)
 
 
 def freeze(tree: Any, only: Any = ...) -> Any:
     """A new tree in which mutable Variables (matching ``only``) are frozen snapshots and
-    raw ``jax.Ref`` leaves are arrays. Sharing is preserved; the input is not modified.
+    raw ``jax.Ref`` leaves are arrays.
 
-    Freeze before differentiating: ``jax.grad(loss)(st.freeze(params))``.
+    Sharing is preserved; the input is not modified, and later writes to it do not reach
+    the snapshot. Freeze before differentiating (``jax.grad(loss)(st.freeze(params))``)
+    and before returning a tree from ``jax.jit``.
+
+    Args:
+      tree: any pytree (registered nodes included).
+      only: a filter (see ``st.split``): only the values it matches are frozen.
+        Default ``...``: all of them.
+
+    Returns:
+      The frozen tree, of the same structure.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> model = st.mutable({"w": jnp.zeros(2)})
+      >>> frozen = st.freeze(model)
+      >>> model["w"][...] = 1.0           # the snapshot does not change
+      >>> frozen["w"]
+      Variable(float32[2], mutable=False, value=[0., 0.])
     """
     return _map_values(tree, _to_frozen, only)
 
@@ -84,5 +121,16 @@ def unbox(tree: Any) -> Any:
     """Replace every Variable (and raw Ref) by its current array value: a pure pytree.
 
     ``st.unbox(st.freeze(st.mutable(t)))`` equals ``t`` for any pytree of arrays.
+
+    Args:
+      tree: any pytree.
+
+    Returns:
+      The tree with arrays where it had Variables and Refs.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> st.unbox({"w": st.Param(jnp.ones(2), mutable=True), "k": 3})
+      {'k': 3, 'w': Array([1., 1.], dtype=float32)}
     """
     return _map_values(tree, _to_array, ...)

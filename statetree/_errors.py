@@ -20,30 +20,113 @@ __all__ = [
 
 
 class StateTreeError(Exception):
-    """Base class of every error statetree raises on purpose."""
+    """Base class of every error statetree raises on purpose.
+
+    Each subclass also refines a builtin (``TypeError`` or ``ValueError``), so either
+    ``except`` clause catches it.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> try:
+      ...     st.Variable(jnp.zeros(2), mutable=False)[...] = 1.0
+      ... except st.StateTreeError as e:
+      ...     print(type(e).__name__, isinstance(e, TypeError))
+      FrozenVariableError True
+    """
 
 
 class FrozenVariableError(StateTreeError, TypeError):
-    """A write to a frozen Variable (one that holds a plain ``jax.Array``)."""
+    """A write to a frozen Variable (one that holds a plain ``jax.Array``).
+
+    Inside ``jax.jit`` such a write would be lost when the call returns, so it is refused
+    everywhere. Make the tree mutable first (``st.mutable(tree)``).
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> v = st.Variable(jnp.zeros(2), mutable=False)
+      >>> v[...] = 1.0
+      Traceback (most recent call last):
+        ...
+      statetree._errors.FrozenVariableError: Cannot write into a frozen ...
+    """
 
 
 class VariableWriteError(StateTreeError, ValueError):
     """A write whose value does not fit the Variable: shapes that do not broadcast,
-    or a dtype that NumPy's ``same_kind`` casting rejects."""
+    or a dtype that NumPy's ``same_kind`` casting rejects.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> count = st.Variable(jnp.zeros(3, dtype=jnp.int32), mutable=True)
+      >>> count[...] = 0.5
+      Traceback (most recent call last):
+        ...
+      statetree._errors.VariableWriteError: ...dtype float64 into ...int32[3]: ...
+      >>> count[...] = jnp.ones(2, dtype=jnp.int32)
+      Traceback (most recent call last):
+        ...
+      statetree._errors.VariableWriteError: ...shape (2,) into ...int32[3]: ...
+    """
 
 
 class RefValueError(StateTreeError, TypeError):
     """A ``jax.Ref`` (or a mutable Variable) where an array value is needed: written
-    into a Variable, wrapped by ``Variable(...)``, or differentiated by ``jax.grad``."""
+    into a Variable, wrapped by ``Variable(...)``, or differentiated by ``jax.grad``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, statetree as st
+      >>> st.Variable(jax.new_ref(jnp.zeros(2)))
+      Traceback (most recent call last):
+        ...
+      statetree._errors.RefValueError: Variable(value): value is a jax.Ref, ...
+      >>> w = st.Param(jnp.ones(2), mutable=True)
+      >>> jax.grad(lambda w: jnp.sum(w[...] ** 2))(w)
+      Traceback (most recent call last):
+        ...
+      statetree._errors.RefValueError: A mutable Param was passed to a JAX ... transform ...
+      >>> jax.grad(lambda w: jnp.sum(w[...] ** 2))(st.freeze(w))  # the fix
+      Param(float32[2], mutable=False, value=[2., 2.])
+    """
 
 
 class AliasError(StateTreeError, ValueError):
-    """Several paths of a tree share one Variable or one ``jax.Ref``."""
+    """Several paths of a tree share one Variable or one ``jax.Ref``.
+
+    Raised by ``st.check_aliases``; the message lists every group of paths and the fix.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> v = st.Variable(jnp.zeros(()))
+      >>> st.check_aliases([v, v])
+      Traceback (most recent call last):
+        ...
+      statetree._errors.AliasError: 1 Variable(s)/Ref(s) appear at several paths of this tree:
+        [0] <-> [1]
+      ...
+    """
 
 
 class StructureError(StateTreeError, ValueError):
     """States and a structure disagree: missing or extra paths, kinds, shapes, dtypes,
-    or a Variable that no filter claims."""
+    or a Variable that no filter claims. The message names every offending path, and
+    nothing is changed.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(2))}
+      >>> st.split(tree, st.Param)
+      Traceback (most recent call last):
+        ...
+      statetree._errors.StructureError: No filter claims 1 value(s); ...
+        ['n']
+      Add a catch-all filter last: st.split(tree, ..., ...).
+      >>> model = st.mutable(tree)
+      >>> st.update(model, st.State({("w",): jnp.ones(3)}))
+      Traceback (most recent call last):
+        ...
+      statetree._errors.StructureError: update: 1 path(s) cannot be written; nothing was written:
+        ['w']: expected float32[2], got float32[3]
+    """
 
 
 def format_path(path: Sequence[object]) -> str:

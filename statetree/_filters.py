@@ -37,11 +37,20 @@ class _Combinator:
 
 
 class PathContains:
-    """Matches values whose path has ``key`` as one of its elements.
+    """A filter matching values whose path has ``key`` as one of its elements.
 
-    >>> import statetree as st
-    >>> st.PathContains("bn")(("block", "bn", "mean"), None)
-    True
+    Args:
+      key: a path element: a ``str`` (dict key or attribute name) or an ``int``
+        (sequence index). It must equal a whole element; substrings do not match.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> st.PathContains("bn")(("block", "bn", "mean"), None)
+      True
+      >>> tree = {"bn": {"mean": jnp.zeros(2)}, "linear": {"kernel": jnp.ones(2)}}
+      >>> _, bn, rest = st.split(tree, st.PathContains("bn"), ...)
+      >>> bn.paths(), rest.paths()
+      ((('bn', 'mean'),), (('linear', 'kernel'),))
     """
 
     __slots__ = ("key",)
@@ -63,7 +72,21 @@ class PathContains:
 
 
 class Any(_Combinator):
-    """Matches when any of ``filters`` matches."""
+    """A filter matching when any of ``filters`` matches.
+
+    Args:
+      *filters: filters (classes, ``...``, ``st.PathContains``, predicates, combinators).
+
+    Raises:
+      TypeError: one of ``filters`` is not a filter.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(2)),
+      ...         "c": st.Cache(jnp.zeros(2))}
+      >>> st.state(tree, st.Any(st.BatchStat, st.Cache)).paths()
+      (('c',), ('n',))
+    """
 
     __slots__ = ()
 
@@ -77,7 +100,20 @@ class Any(_Combinator):
 
 
 class All(_Combinator):
-    """Matches when every one of ``filters`` matches."""
+    """A filter matching when every one of ``filters`` matches.
+
+    Args:
+      *filters: filters (classes, ``...``, ``st.PathContains``, predicates, combinators).
+
+    Raises:
+      TypeError: one of ``filters`` is not a filter.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> tree = {"enc": {"w": st.Param(jnp.ones(2))}, "dec": {"w": st.Param(jnp.ones(2))}}
+      >>> st.state(tree, st.All(st.Param, st.PathContains("enc"))).paths()
+      (('enc', 'w'),)
+    """
 
     __slots__ = ()
 
@@ -91,7 +127,20 @@ class All(_Combinator):
 
 
 class Not(_Combinator):
-    """Matches when ``filter`` does not."""
+    """A filter matching when ``filter`` does not.
+
+    Args:
+      filter: a filter (a class, ``...``, ``st.PathContains``, a predicate, a combinator).
+
+    Raises:
+      TypeError: ``filter`` is not a filter.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(2))}
+      >>> st.state(tree, st.Not(st.Param)).paths()
+      (('n',),)
+    """
 
     __slots__ = ()
 

@@ -82,9 +82,26 @@ def _key_of(entry: Any) -> Any:
 class GraphDef:
     """The static structure of a tree: where its values go, and what kind each is.
 
+    Returned by ``st.split`` and taken by ``st.merge``. It records containers, registered
+    nodes, non-array leaves, the kind of each value, and every path at which a shared
+    value appears; it holds no arrays.
+
     Hashable, equal for equal structures, and a pytree with no leaves, so it can be a
     ``jax.jit`` static argument, a plain argument, or closed over. It records no shapes:
     states sliced by ``jax.lax.scan`` or ``jax.vmap`` still merge.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> w = st.Param(jnp.ones(2))
+      >>> graphdef, state = st.split({"encoder": w, "decoder": w, "act": "gelu"})
+      >>> graphdef
+      GraphDef(1 values:
+        ['decoder']: Param  shared with ['encoder']
+      )
+      >>> graphdef.occurrences()
+      ((('decoder',), ('encoder',)),)
+      >>> graphdef == st.split({"encoder": w, "decoder": w, "act": "gelu"})[0]
+      True
     """
 
     __slots__ = ("_hash", "_occurrences", "_path_index", "_paths", "kinds", "parts")
@@ -148,13 +165,14 @@ class GraphDef:
         return self._paths
 
     def occurrences(self) -> tuple[tuple[Path, ...], ...]:
-        """All paths of each value (more than one for shared Variables and Refs)."""
+        """All paths of each value, in value order (more than one for shared Variables
+        and Refs)."""
         if self._occurrences is None:
             self._paths, self._occurrences = self._walk()
         return self._occurrences
 
     def path_index(self) -> dict[Path, int]:
-        """First path -> value index."""
+        """A dict from each value's first path to its value index."""
         if self._path_index is None:
             self._path_index = {p: i for i, p in enumerate(self.paths())}
         return self._path_index

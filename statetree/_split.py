@@ -70,11 +70,42 @@ def bucket(
 def split(tree: Any, *filters: Any) -> tuple[Any, ...]:
     """``tree`` -> ``(graphdef, state, ...)``: one State per filter, or one of everything.
 
-    >>> import jax.numpy as jnp, statetree as st
-    >>> tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(()))}
-    >>> graphdef, params, rest = st.split(tree, st.Param, ...)
-    >>> list(params), list(rest)
-    ([('w',)], [('n',)])
+    The GraphDef holds the static structure; the States hold the values (Variables, raw
+    Refs, bare arrays) keyed by path. A Variable or Ref at several paths appears once,
+    under its first path; the GraphDef records the others, and ``st.merge`` restores
+    the sharing. Eager split copies nothing: the States hold the tree's own Variables.
+
+    Filters are tried in order and the first that matches claims a value. A filter is a
+    class (``st.Param``; kind filters match Variables only), ``...`` (everything),
+    ``st.PathContains(key)``, a predicate ``(path, value) -> bool``, or
+    ``st.Any``/``st.All``/``st.Not`` of those.
+
+    Args:
+      tree: any pytree.
+      *filters: one per State wanted. None: a single State of everything.
+
+    Returns:
+      ``(graphdef, state)`` with no filter, else ``(graphdef, state_1, ..., state_n)``.
+
+    Raises:
+      StructureError: some value is claimed by no filter (the error lists the paths;
+        end with ``...`` to catch the rest).
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(()))}
+      >>> graphdef, params, rest = st.split(tree, st.Param, ...)
+      >>> list(params), list(rest)
+      ([('w',)], [('n',)])
+
+      A shared Variable is stored once:
+
+      >>> v = st.Variable(jnp.zeros(()))
+      >>> graphdef, state = st.split({"a": v, "b": v})
+      >>> state
+      State({
+        ['a']: Variable float32[] frozen
+      })
     """
     graphdef, values = _graph.flatten(tree)
     if not filters:
@@ -91,7 +122,23 @@ def split(tree: Any, *filters: Any) -> tuple[Any, ...]:
 def state(tree: Any, *filters: Any) -> State | tuple[State, ...]:
     """The State of ``tree`` (one or no filter), or a tuple of States (several).
 
-    Unlike :func:`split`, values that no filter claims are simply left out.
+    Unlike ``st.split``, values that no filter claims are simply left out, and no
+    GraphDef is returned. Use it to read values by path or to save them.
+
+    Args:
+      tree: any pytree.
+      *filters: as for ``st.split``.
+
+    Returns:
+      One State with zero or one filter; a tuple of States, one per filter, with several.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(()))}
+      >>> st.state(tree, st.BatchStat)
+      State({
+        ['n']: BatchStat float32[] frozen
+      })
     """
     graphdef, values = _graph.flatten(tree)
     if not filters:
@@ -181,7 +228,35 @@ def _check_kinds(graphdef: GraphDef, values: list[Any], what: str) -> None:
 
 def merge(graphdef: GraphDef, *states: State) -> Any:
     """Rebuild the tree from ``graphdef`` and the States ``split`` gave; the inverse of
-    :func:`split`. Paths that shared a Variable receive the same object again.
+    ``st.split``.
+
+    Paths that shared a Variable receive the same object again, so a write through one is
+    seen through the other (also inside ``jax.jit``). Eager merge copies nothing: the tree
+    holds the States' own Variables.
+
+    Args:
+      graphdef: the GraphDef from ``st.split``.
+      *states: the States from the same ``st.split``, in any order.
+
+    Returns:
+      The rebuilt tree.
+
+    Raises:
+      StructureError: the States miss paths the GraphDef has, have paths it lacks, give
+        a path twice, or hold another kind than it records.
+      TypeError: ``graphdef`` is not a GraphDef, or a later argument is not a State.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, statetree as st
+      >>> v = st.Variable(jnp.array(0), mutable=True)
+      >>> graphdef, state = st.split({"a": v, "b": v})
+      >>> @jax.jit
+      ... def f(graphdef, state):
+      ...     tree = st.merge(graphdef, state)
+      ...     tree["a"][...] += 10          # seen through "b" too
+      ...     return tree["b"][...]
+      >>> int(f(graphdef, state)), int(v[...])
+      (10, 10)
     """
     if not isinstance(graphdef, GraphDef):
         raise TypeError(
@@ -201,6 +276,23 @@ def update(tree: Any, *states: State) -> None:
     States may cover any subset of the tree's paths. Every path must exist in the tree
     and match its kind, shape and dtype; otherwise nothing is written and the error
     names every offending path.
+
+    Args:
+      tree: a live tree whose targets are mutable (Variables or raw Refs).
+      *states: States keyed by the tree's paths (from ``st.state``, ``st.split``, or
+        ``st.State({path: value})``).
+
+    Raises:
+      StructureError: a path is not in the tree, its kind, shape or dtype differ, or the
+        tree holds a frozen Variable or bare array there (make it mutable first).
+      TypeError: an argument after ``tree`` is not a State.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> model = st.mutable({"w": jnp.zeros(2), "b": jnp.zeros(1)})
+      >>> st.update(model, st.State({("w",): jnp.ones(2)}))
+      >>> model["w"][...], model["b"][...]
+      (Array([1., 1.], dtype=float32), Array([0.], dtype=float32))
     """
     graphdef, targets = _graph.flatten(tree)
     writes: list[tuple[Any, Any]] = []

@@ -76,8 +76,37 @@ class State:
     """Values of a tree keyed by path: ``{("layers", 0, "kernel"): Param(...), ...}``.
 
     Build one from a flat mapping (``State({("w",): st.Param(...)})``) or get one from
-    ``st.split``/``st.state``. Views: :meth:`flat` (path -> value), :meth:`nested`
-    (nested dicts); :meth:`filter` selects with the same filters as ``st.split``.
+    ``st.split``/``st.state``. A State reads like a mapping from paths (tuples of plain
+    keys: ``str`` for dict keys and attributes, ``int`` for sequence indices) to values.
+    Views: ``flat()`` (path -> value), ``nested()`` (nested dicts); ``filter()``
+    selects with the same filters as ``st.split``; ``a | b`` is the union.
+
+    A State is a pytree whose leaves are its Variables' raw values, so it passes through
+    ``jax.jit``, ``jax.grad``, ``jax.vmap`` and ``jax.lax.scan``, and ``jax.tree.map``
+    over it keeps the kinds.
+
+    Args:
+      flat: a mapping from paths (tuples) to values; default empty.
+
+    Raises:
+      TypeError: a key of ``flat`` is not a tuple.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> tree = {"layers": [{"kernel": st.Param(jnp.ones((2, 2)))}], "mean": jnp.zeros(2)}
+      >>> graphdef, state = st.split(tree)
+      >>> state
+      State({
+        ['layers'][0]['kernel']: Param float32[2,2] frozen
+        ['mean']: Array float32[2] frozen
+      })
+      >>> state.paths()
+      (('layers', 0, 'kernel'), ('mean',))
+      >>> state[("mean",)]
+      Array([0., 0.], dtype=float32)
+      >>> state.filter(st.Param).nested()
+      {'layers': {0: {'kernel': Param(float32[2,2], mutable=False, value=[[1., 1.],
+       [1., 1.]])}}}
     """
 
     __slots__ = ("_keys", "_origin", "_values")
@@ -115,9 +144,11 @@ class State:
         return self._keys.paths()
 
     def values(self) -> list[Any]:
+        """The values, in tree order."""
         return list(self._values)
 
     def items(self) -> list[tuple[Path, Any]]:
+        """``(path, value)`` pairs, in tree order."""
         return list(zip(self.paths(), self._values, strict=True))
 
     def __iter__(self) -> Iterator[Path]:

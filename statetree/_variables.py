@@ -72,6 +72,22 @@ def _indexed_shape(shape: tuple[int, ...], idx: Any) -> tuple[int, ...]:
 class Variable(ArrayBehaviour):
     """A box around an array value that ``jax.jit`` can update in place.
 
+    A Variable is *mutable* when it holds a ``jax.Ref`` and *frozen* when it holds a plain
+    ``jax.Array``. It is a pytree node whose one child is that raw value, so ``jax.jit``
+    passes a Ref straight through and a write inside the function lands in the caller's
+    buffer.
+
+    Reads: ``v[...]``, ``v[idx]``, ``v.value``. Writes: ``v[...] = x``, ``v[idx] = x``,
+    ``v.value = x``, with NumPy assignment rules: the value broadcasts to the indexed
+    shape, Python scalars take the Variable's dtype, and a dtype that ``same_kind``
+    casting rejects is an error. A Variable also behaves like its array: operators,
+    ``jnp`` functions, ``np.asarray``, ``.shape``, ``.dtype``, ``len``, iteration.
+
+    Subclasses are *kinds* (``Param``, ``BatchStat``, ...) that filters select on. A kind
+    whose class attribute ``differentiable`` is False has writes wrapped in
+    ``jax.lax.stop_gradient``, so running statistics can be updated inside a loss under
+    ``jax.grad``.
+
     Args:
       value: the initial array (anything ``jnp.asarray`` takes). A ``jax.Ref`` is
         refused: read it first (``ref[...]``), or use ``st.mutable`` on the tree holding it.
@@ -79,21 +95,33 @@ class Variable(ArrayBehaviour):
         ``jax.Array``; ``None`` (default) follows ``st.use_mutable_arrays``.
       **metadata: anything to remember with the value; read back as ``v.metadata``.
 
-    Reads: ``v[...]``, ``v[idx]``, ``v.value``. Writes: ``v[...] = x``, ``v[idx] = x``,
-    ``v.value = x``, with NumPy assignment rules (broadcasting; ``same_kind`` casting).
+    Raises:
+      RefValueError: ``value`` is a ``jax.Ref``.
+      FrozenVariableError: on a write, when the Variable is frozen.
+      VariableWriteError: on a write, when the value's shape does not broadcast to the
+        indexed shape or its dtype cannot be cast (``same_kind``).
 
-    Subclasses are *kinds* (``Param``, ``BatchStat``, ...). A kind whose class attribute
-    ``differentiable`` is False has writes wrapped in ``jax.lax.stop_gradient``, so
-    running statistics can be updated inside a loss under ``jax.grad``.
+    Examples:
+      A mutable Variable is updated in place by a jitted function that returns nothing:
 
-    >>> import jax, jax.numpy as jnp, statetree as st
-    >>> v = st.Variable(jnp.array([1, 2, 3]), mutable=True)
-    >>> @jax.jit
-    ... def increment(v):
-    ...     v[...] += 1
-    >>> increment(v)
-    >>> v[...]
-    Array([2, 3, 4], dtype=int32)
+      >>> import jax, jax.numpy as jnp, statetree as st
+      >>> v = st.Variable(jnp.array([1, 2, 3]), mutable=True, note="counts")
+      >>> @jax.jit
+      ... def increment(v):
+      ...     v[...] += 1
+      >>> increment(v)
+      >>> v
+      Variable(int32[3], mutable=True, note='counts', value=[2, 3, 4])
+
+      Reads index like an array; writes broadcast:
+
+      >>> v[1:], v[None].shape
+      (Array([3, 4], dtype=int32), (1, 3))
+      >>> v[0] = 10
+      >>> v[...] * 2
+      Array([20,  6,  8], dtype=int32)
+      >>> v.metadata["note"]
+      'counts'
     """
 
     __slots__ = ("__weakref__", "_metadata", "_raw")
@@ -132,7 +160,8 @@ class Variable(ArrayBehaviour):
     # ---------------------------------------------------------------- description
     @property
     def mutable(self) -> bool:
-        """True when the value lives in mutable storage (a ``jax.Ref``)."""
+        """True when the value lives in mutable storage (a ``jax.Ref``), False when it is
+        a plain ``jax.Array`` (frozen)."""
         return _storage.is_storage(self._raw)
 
     @property
@@ -142,28 +171,34 @@ class Variable(ArrayBehaviour):
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the value."""
         return tuple(self._raw.shape)
 
     @property
     def dtype(self) -> Any:
+        """The dtype of the value."""
         return self._raw.dtype
 
     @property
     def ndim(self) -> int:
+        """The number of dimensions of the value."""
         return len(self._raw.shape)
 
     @property
     def size(self) -> int:
+        """The number of elements of the value."""
         return int(np.prod(self._raw.shape, dtype=np.int64))
 
     @property
     def sharding(self) -> Any:
+        """The ``jax.sharding.Sharding`` of the value (kept by every conversion)."""
         return self._raw.sharding
 
     # ---------------------------------------------------------------- reads
     @property
     def value(self) -> Any:
-        """The current value as a ``jax.Array`` (for a mutable Variable, a snapshot)."""
+        """The current value as a ``jax.Array`` (for a mutable Variable, a snapshot that
+        later writes do not change). Assigning to it is the same as ``v[...] = x``."""
         return _storage.read(self._raw)
 
     @value.setter
@@ -293,39 +328,94 @@ _register_kind(Variable)
 
 
 class Param(Variable):
-    """A trainable parameter (differentiable)."""
+    """A trainable parameter (differentiable): what ``st.split(model, st.Param, ...)``
+    selects for ``jax.grad``.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> st.Param(jnp.zeros(2))
+      Param(float32[2], mutable=False, value=[0., 0.])
+      >>> st.Param.differentiable
+      True
+    """
 
     __slots__ = ()
     differentiable = True
 
 
 class BatchStat(Variable):
-    """Running statistics, e.g. BatchNorm's mean and variance (not differentiable)."""
+    """Running statistics, e.g. BatchNorm's mean and variance (not differentiable).
+
+    Writes are wrapped in ``jax.lax.stop_gradient``, so a loss function may update them
+    while ``jax.grad`` differentiates it.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, statetree as st
+      >>> mean = st.BatchStat(jnp.zeros(2), mutable=True)
+      >>> def loss(w):
+      ...     mean[...] = 0.5 * w      # a side effect inside the loss
+      ...     return jnp.sum(w**2)
+      >>> jax.grad(loss)(jnp.ones(2))
+      Array([2., 2.], dtype=float32)
+      >>> mean[...]
+      Array([0.5, 0.5], dtype=float32)
+    """
 
     __slots__ = ()
     differentiable = False
 
 
 class Cache(Variable):
-    """Cached values such as attention keys and values (not differentiable)."""
+    """Cached values such as attention keys and values (not differentiable).
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> keys = st.Cache(jnp.zeros((4, 2)), mutable=True)
+      >>> keys[1] = jnp.ones(2)  # fill one slot
+      >>> keys[:2]
+      Array([[0., 0.],
+             [1., 1.]], dtype=float32)
+      >>> st.Cache.differentiable
+      False
+    """
 
     __slots__ = ()
     differentiable = False
 
 
 class OptState(Variable):
-    """Optimizer state held by ``st.Optimizer`` (not differentiable)."""
+    """Optimizer state, such as moment estimates and step counts (not differentiable).
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> count = st.OptState(jnp.array(0), mutable=True)
+      >>> count[...] += 1
+      >>> count
+      OptState(int32[], mutable=True, value=1)
+    """
 
     __slots__ = ()
     differentiable = False
 
 
 def is_mutable(x: Any) -> bool:
-    """True for a mutable Variable and for mutable storage (a ``jax.Ref``, also traced).
+    """Whether ``x`` can be written in place.
 
-    >>> import jax, jax.numpy as jnp, statetree as st
-    >>> st.is_mutable(st.Variable(jnp.zeros(2), mutable=True)), st.is_mutable(jnp.zeros(2))
-    (True, False)
+    Args:
+      x: anything.
+
+    Returns:
+      True for a mutable Variable and for mutable storage (a ``jax.Ref``, also one traced
+      inside ``jax.jit``); False for frozen Variables, arrays and everything else.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, statetree as st
+      >>> st.is_mutable(st.Variable(jnp.zeros(2), mutable=True))
+      True
+      >>> st.is_mutable(st.Variable(jnp.zeros(2), mutable=False)), st.is_mutable(jnp.zeros(2))
+      (False, False)
+      >>> st.is_mutable(jax.new_ref(jnp.zeros(2)))
+      True
     """
     if isinstance(x, Variable):
         return x.mutable
