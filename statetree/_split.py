@@ -104,7 +104,7 @@ def split(tree: Any, *filters: Any) -> tuple[Any, ...]:
       >>> graphdef, state = st.split({"a": v, "b": v})
       >>> state
       State({
-        ['a']: Variable float32[] frozen
+        ['a']: Variable float32[] frozen  (shared with ['b'])
       })
     """
     graphdef, values = _graph.flatten(tree)
