@@ -219,7 +219,7 @@ class Variable(ArrayBehaviour):
         raw = self._raw
         if not _storage.is_storage(raw):
             raise FrozenVariableError(
-                f"Cannot write into a frozen {self._describe()}: it holds a plain "
+                f"Cannot write into a {self._describe()}: it holds a plain "
                 "jax.Array, and a write inside jax.jit would be lost when the call "
                 "returns. Make it mutable first: st.mutable(tree) for a whole tree, or "
                 "create it with mutable=True (or under st.use_mutable_arrays(True))."
