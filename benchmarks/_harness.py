@@ -17,16 +17,17 @@ import os
 import pathlib
 import pkgutil
 import platform
+import re
 import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 
-__all__ = ["row", "time_us", "discover", "format_table", "environment", "main"]
+__all__ = ["row", "time_us", "time_many_us", "discover", "format_table", "environment", "main"]
 
 KEYS = ("workload", "case", "impl", "value", "unit", "baseline")
 
@@ -71,28 +72,59 @@ def time_us(
     ``block=False`` for pure-Python work (split/merge) where it would only add a walk
     over the result. The garbage collector is off while timing, as in ``timeit``.
     """
+    (us,) = time_many_us(
+        {"fn": fn}, quick=quick, repeats=repeats, warmup=warmup, stat=stat, block=block
+    ).values()
+    return us
+
+
+def time_many_us(
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    quick: bool = False,
+    repeats: int | None = None,
+    warmup: int = 2,
+    stat: str = "min",
+    block: bool = True,
+) -> dict[str, float]:
+    """:func:`time_us` for several functions, their repeats interleaved.
+
+    Round after round, each function gets one repeat in turn, so a burst of load from
+    elsewhere on the machine slows all of them alike and their ratios hold.
+    """
     repeats = repeats if repeats is not None else (3 if quick else 7)
     min_repeat_s = 0.005 if quick else 0.05
-    call = (lambda: jax.block_until_ready(fn())) if block else fn
-    for _ in range(warmup):
-        call()
+    calls = {
+        name: (lambda fn=fn: jax.block_until_ready(fn())) if block else fn
+        for name, fn in fns.items()
+    }
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
     collecting = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        number = 1
-        while True:  # grow `number` until one repeat takes long enough
-            elapsed = _run(call, number)
-            if elapsed >= min_repeat_s or number >= 1 << 20:
-                break
-            number *= max(2, min(10, int(min_repeat_s / max(elapsed, 1e-9)) + 1))
-        samples = [elapsed / number]
-        samples += [_run(call, number) / number for _ in range(repeats - 1)]
+        numbers = {name: _calibrate(call, min_repeat_s) for name, call in calls.items()}
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(repeats):
+            for name, call in calls.items():
+                samples[name].append(_run(call, numbers[name]) / numbers[name])
     finally:
         if collecting:
             gc.enable()
     pick = min if stat == "min" else statistics.median
-    return pick(samples) * 1e6
+    return {name: pick(s) * 1e6 for name, s in samples.items()}
+
+
+def _calibrate(call: Callable[[], Any], min_repeat_s: float) -> int:
+    """How many calls in a row make one repeat last at least ``min_repeat_s``."""
+    number = 1
+    while True:
+        elapsed = _run(call, number)
+        if elapsed >= min_repeat_s or number >= 1 << 20:
+            return number
+        number *= max(2, min(10, int(min_repeat_s / max(elapsed, 1e-9)) + 1))
 
 
 def _run(call: Callable[[], Any], number: int) -> float:
@@ -197,7 +229,9 @@ def table_rows(rows: Iterable[dict[str, Any]]) -> list[tuple[str, ...]]:
     for r in rows:
         groups.setdefault((r["workload"], r["case"]), []).append(r)
     cells = []
-    for (workload, case), group in groups.items():
+    # Workloads in id order (W1, W2, ..., W10), cases as their modules gave them.
+    ordered = sorted(groups.items(), key=lambda item: _workload_order(item[0][0]))
+    for (workload, case), group in ordered:
         group = sorted(group, key=lambda r: not r["baseline"])  # stable: baseline first
         base = group[0]["value"] if group[0]["baseline"] else None
         for r in group:
@@ -214,9 +248,14 @@ def table_rows(rows: Iterable[dict[str, Any]]) -> list[tuple[str, ...]]:
     return cells
 
 
+def _workload_order(workload: str) -> tuple[int, str]:
+    match = re.match(r"W(\d+)", workload)
+    return (int(match.group(1)) if match else 1 << 30, workload)
+
+
 def format_table(rows: Iterable[dict[str, Any]], *, markdown: bool = False) -> str:
     """One table of all rows with each value's ratio to its baseline; text or Markdown."""
-    cells = table_rows(rows)
+    cells = _blank_repeats(table_rows(rows))
     if markdown:
         lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
@@ -232,19 +271,22 @@ def format_table(rows: Iterable[dict[str, Any]], *, markdown: bool = False) -> s
         return "  ".join(padded).rstrip()
 
     out = [line(HEADER), "  ".join("-" * w for w in widths)]
-    previous: tuple[str, ...] = ("", "")
-    for r in cells:
-        if previous[0] and r[0] != previous[0]:
+    for i, r in enumerate(cells):
+        if r[0] and i:
             out.append("")  # a blank line between workloads
-        # Name the workload and case once per group; the rows below belong to it.
-        shown = (
-            "" if r[0] == previous[0] else r[0],
-            "" if r[:2] == previous[:2] else r[1],
-            *r[2:],
-        )
-        out.append(line(shown))
-        previous = r
+        out.append(line(r))
     return "\n".join(out)
+
+
+def _blank_repeats(cells: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Name each workload and case once; the rows below it belong to it."""
+    out, previous = [], ("", "")
+    for r in cells:
+        out.append(
+            ("" if r[0] == previous[0] else r[0], "" if r[:2] == previous[:2] else r[1], *r[2:])
+        )
+        previous = r
+    return out
 
 
 def environment() -> str:

@@ -164,4 +164,5 @@ def test_main_prints_and_writes_markdown(
     printed = capsys.readouterr().out
     assert "3.00x" in printed and "CPU cores" in printed
     text = path.read_text()
-    assert "| W9 fake | quick | x | 3.00 us | 3.00x |" in text
+    assert "| W9 fake | quick | base | 1.00 us | 1.00x (base) |" in text
+    assert "|  |  | x | 3.00 us | 3.00x |" in text  # workload and case named once
