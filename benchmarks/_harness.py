@@ -30,6 +30,7 @@ import jax
 __all__ = ["row", "time_us", "time_many_us", "discover", "format_table", "environment", "main"]
 
 KEYS = ("workload", "case", "impl", "value", "unit", "baseline")
+FAILED = "(module failed)"  # the impl of the one row a module that raised gets
 
 
 def row(
@@ -62,6 +63,7 @@ def time_us(
     warmup: int = 2,
     stat: str = "min",
     block: bool = True,
+    cpu_time: bool = False,
 ) -> float:
     """Microseconds per call of ``fn()``: the minimum (or median) over repeated runs.
 
@@ -71,9 +73,19 @@ def time_us(
     ``jax.block_until_ready`` so asynchronous dispatch is not mistaken for speed; pass
     ``block=False`` for pure-Python work (split/merge) where it would only add a walk
     over the result. The garbage collector is off while timing, as in ``timeit``.
+
+    ``cpu_time`` measures this process's CPU time instead of wall time: right for
+    single-threaded Python work on a busy machine (time spent descheduled is not the
+    code's), wrong for anything that waits on a device or on other threads.
     """
     (us,) = time_many_us(
-        {"fn": fn}, quick=quick, repeats=repeats, warmup=warmup, stat=stat, block=block
+        {"fn": fn},
+        quick=quick,
+        repeats=repeats,
+        warmup=warmup,
+        stat=stat,
+        block=block,
+        cpu_time=cpu_time,
     ).values()
     return us
 
@@ -86,14 +98,15 @@ def time_many_us(
     warmup: int = 2,
     stat: str = "min",
     block: bool = True,
+    cpu_time: bool = False,
 ) -> dict[str, float]:
     """:func:`time_us` for several functions, their repeats interleaved.
 
     Round after round, each function gets one repeat in turn, so a burst of load from
     elsewhere on the machine slows all of them alike and their ratios hold.
     """
-    repeats = repeats if repeats is not None else (3 if quick else 7)
-    min_repeat_s = 0.005 if quick else 0.05
+    repeats = repeats if repeats is not None else (3 if quick else 15)
+    min_repeat_s = 0.005 if quick else 0.02
     calls = {
         name: (lambda fn=fn: jax.block_until_ready(fn())) if block else fn
         for name, fn in fns.items()
@@ -105,11 +118,12 @@ def time_many_us(
     gc.collect()
     gc.disable()
     try:
-        numbers = {name: _calibrate(call, min_repeat_s) for name, call in calls.items()}
+        clock = time.process_time if cpu_time else time.perf_counter
+        numbers = {name: _calibrate(call, min_repeat_s, clock) for name, call in calls.items()}
         samples: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(repeats):
             for name, call in calls.items():
-                samples[name].append(_run(call, numbers[name]) / numbers[name])
+                samples[name].append(_run(call, numbers[name], clock) / numbers[name])
     finally:
         if collecting:
             gc.enable()
@@ -117,21 +131,21 @@ def time_many_us(
     return {name: pick(s) * 1e6 for name, s in samples.items()}
 
 
-def _calibrate(call: Callable[[], Any], min_repeat_s: float) -> int:
+def _calibrate(call: Callable[[], Any], min_repeat_s: float, clock: Callable[[], float]) -> int:
     """How many calls in a row make one repeat last at least ``min_repeat_s``."""
     number = 1
     while True:
-        elapsed = _run(call, number)
+        elapsed = _run(call, number, clock)
         if elapsed >= min_repeat_s or number >= 1 << 20:
             return number
         number *= max(2, min(10, int(min_repeat_s / max(elapsed, 1e-9)) + 1))
 
 
-def _run(call: Callable[[], Any], number: int) -> float:
-    start = time.perf_counter()
+def _run(call: Callable[[], Any], number: int, clock: Callable[[], float]) -> float:
+    start = clock()
     for _ in range(number):
         call()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 # --- discovery -------------------------------------------------------------------------
@@ -170,7 +184,7 @@ def _run_module(name: str, quick: bool) -> list[dict[str, Any]]:
         traceback.print_exc(file=sys.stderr)
         short = name.rsplit(".", 1)[-1]
         why = f"{type(e).__name__}: {e}".splitlines()[0][:120]
-        return [row(short, "-", "(module failed)", math.nan, "", baseline=True, note=why)]
+        return [row(short, "-", FAILED, math.nan, "", baseline=True, note=why)]
 
 
 def collect(only: Sequence[str], quick: bool) -> list[dict[str, Any]]:
@@ -322,4 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text += format_table(rows, markdown=True) + "\n"
         pathlib.Path(args.markdown).write_text(text)
         print(f"\nMarkdown table written to {args.markdown}")
-    return 0
+    failed = [r["workload"] for r in rows if r["impl"] == FAILED]
+    if failed:
+        print(f"\nFailed modules (traceback above): {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0

@@ -164,7 +164,8 @@ def run(quick: bool, *, sizes: Sequence[int] | None = None) -> list[dict[str, An
             except Exception as e:  # a peer that cannot run is shown, not hidden
                 notes[impl] = f"could not run: {type(e).__name__}: {e}".splitlines()[0][:100]
         # All implementations timed in interleaved rounds: their ratios are what matter.
-        times = time_many_us(ready, quick=quick, block=False)
+        # Pure single-threaded Python: CPU time, so load from elsewhere does not count.
+        times = time_many_us(ready, quick=quick, block=False, cpu_time=True)
         for impl in IMPLS:
             value = times.get(impl, float("nan"))
             rows.append(

@@ -166,3 +166,11 @@ def test_main_prints_and_writes_markdown(
     text = path.read_text()
     assert "| W9 fake | quick | base | 1.00 us | 1.00x (base) |" in text
     assert "|  |  | x | 3.00 us | 3.00x |" in text  # workload and case named once
+
+
+def test_main_fails_when_a_module_fails(
+    fake_modules: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _harness.main(["--quick", "--only", "W7"]) == 1
+    captured = capsys.readouterr()
+    assert "out of coffee" in captured.out and "bench_bad" in captured.err
