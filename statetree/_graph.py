@@ -63,13 +63,16 @@ class _Part(NamedTuple):
     distinct values in order): an int ``i >= 0`` is value ``i`` (the same int twice
     means the same object twice); ``-1 - j`` is ``extras[j]``, a
     :class:`_Static` or a :class:`_Node`. ``node_aux`` is None for the root part and the
-    node's aux data (which holds its class) for a node's part.
+    node's aux data (which holds its class) for a node's part. ``repeats``, set for an
+    all-Variable root, lists ``(position, first position)`` for each leaf that repeats
+    an earlier one: ``unflatten`` then rebuilds the leaves with a few list inserts.
     """
 
     treedef: Any
     slots: Sequence[int]
     extras: tuple[Any, ...]
     node_aux: Any
+    repeats: tuple[tuple[int, int], ...] | None = None
 
 
 def _key_of(entry: Any) -> Any:
@@ -187,13 +190,12 @@ jtu.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
 
 
 # ---------------------------------------------------------------------------- flatten
-def _first_occurrences(leaves: list[Any], base: int) -> tuple[list[Any], Sequence[int]]:
-    """Distinct objects of ``leaves`` in order of first appearance, and for each leaf
-    the index (from ``base``) of its object among them. Vectorised over object ids: a
-    tree of thousands of Variables is deduplicated in about a hundred microseconds."""
+def _first_positions(leaves: list[Any]) -> list[int] | None:
+    """For each leaf, the position where its object first appears; None when all the
+    objects are distinct. Vectorised over object ids (C loops, no per-leaf Python)."""
     n = len(leaves)
     if n < 2:
-        return leaves, range(base, base + n)
+        return None
     ids = np.fromiter(map(id, leaves), np.int64, n)
     order = np.argsort(ids, kind="stable")  # stable: each group starts at its first use
     sorted_ids = ids[order]
@@ -201,15 +203,75 @@ def _first_occurrences(leaves: list[Any], base: int) -> tuple[list[Any], Sequenc
     starts[0] = True
     np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=starts[1:])
     if starts.all():
-        return leaves, range(base, base + n)
-    firsts = order[starts]
+        return None
     first_of = np.empty(n, np.int64)
-    first_of[order] = firsts[np.cumsum(starts) - 1]
-    positions = np.sort(firsts)
-    rank = np.empty(n, np.int64)
-    rank[positions] = np.arange(base, base + len(positions))
-    unique = list(map(leaves.__getitem__, positions.tolist()))
-    return unique, tuple(rank[first_of].tolist())
+    first_of[order] = order[starts][np.cumsum(starts) - 1]
+    return first_of.tolist()
+
+
+def _dedup(leaves: list[Any], base: int) -> tuple[list[Any], Sequence[int], list[int] | None]:
+    """``(distinct objects in order, slot of each leaf, first positions or None)``."""
+    first = _first_positions(leaves)
+    if first is None:
+        return leaves, range(base, base + len(leaves)), None
+    positions = sorted(set(first))
+    rank = dict(zip(positions, range(base, base + len(positions)), strict=True))
+    return [leaves[p] for p in positions], tuple(map(rank.__getitem__, first)), first
+
+
+def _without(leaves: list[Any], repeats: tuple[tuple[int, int], ...]) -> list[Any]:
+    """``leaves`` minus the repeated positions (C-level slices, not a Python loop)."""
+    if not repeats:
+        return leaves
+    out: list[Any] = []
+    start = 0
+    for position, _ in repeats:
+        out += leaves[start:position]
+        start = position + 1
+    out += leaves[start:]
+    return out
+
+
+class _Pattern(NamedTuple):
+    """What an all-Variable tree looked like last time, to check and reuse."""
+
+    leaf_types: tuple[type, ...]
+    num_values: int
+    repeats: tuple[tuple[int, int], ...]
+    graphdef: "GraphDef"
+
+
+# treedef -> its last pattern. Splitting the same model again (every training step) then
+# costs one C++ flatten and a few C-level checks, and returns the same GraphDef object,
+# whose hash and paths are already computed. Holds no arrays or Variables.
+_PATTERNS: dict[Any, _Pattern] = {}
+_PATTERNS_MAX = 64
+
+
+def _identity_hashed(types: set[type]) -> bool:
+    """All Variable kinds hashed by identity (so ``set(leaves)`` counts objects)."""
+    return all(issubclass(t, Variable) and t.__hash__ is Variable.__hash__ for t in types)
+
+
+def _flatten_variables(
+    leaves: list[Any], treedef: Any, types: tuple[type, ...]
+) -> tuple["GraphDef", list[Any]]:
+    pattern = _PATTERNS.get(treedef)
+    if (
+        pattern is not None
+        and pattern.leaf_types == types
+        and len(set(leaves)) == pattern.num_values
+        and all(leaves[r] is leaves[f] for r, f in pattern.repeats)
+    ):
+        # The recorded repeats still hold and nothing else repeats: same pattern.
+        return pattern.graphdef, _without(leaves, pattern.repeats)
+    unique, slots, first = _dedup(leaves, 0)
+    repeats = () if first is None else tuple((i, f) for i, f in enumerate(first) if f != i)
+    graphdef = GraphDef((_Part(treedef, slots, (), None, repeats),), tuple(map(type, unique)))
+    if len(_PATTERNS) >= _PATTERNS_MAX:
+        _PATTERNS.pop(next(iter(_PATTERNS)))
+    _PATTERNS[treedef] = _Pattern(types, len(unique), repeats, graphdef)
+    return graphdef, unique
 
 
 class _Flattener:
@@ -224,30 +286,28 @@ class _Flattener:
         self.parts: list[_Part | None] = []
         self.is_leaf = _is_leaf_fn()
 
-    def part(self, tree: Any, node_aux: Any) -> int:
+    def part(self, tree: Any, node_aux: Any, flat: tuple[list[Any], Any] | None = None) -> int:
         index = len(self.parts)
         self.parts.append(None)
-        leaves, treedef = jtu.tree_flatten(tree, is_leaf=self.is_leaf)
+        leaves, treedef = flat or jtu.tree_flatten(tree, is_leaf=self.is_leaf)
         if all(map(_is_variable, leaves)):
-            slots = self._variables(leaves, is_root=node_aux is None)
+            slots = self._variables(leaves)
             extras: tuple[Any, ...] = ()
         else:
             slots, extras = self._mixed(leaves)
         self.parts[index] = _Part(treedef, slots, extras, node_aux)
         return index
 
-    def _variables(self, leaves: list[Any], is_root: bool) -> Sequence[int]:
-        # Fast path: every leaf a Variable. Value indices by first appearance, in C loops.
+    def _variables(self, leaves: list[Any]) -> Sequence[int]:
+        # Every leaf a Variable (a node's part): deduplicate in C loops when no value
+        # was met before, else one dict lookup per leaf.
         base = len(self.values)
         if self.ids:
             return self._variables_slow(leaves)
-        unique, slots = _first_occurrences(leaves, base)
+        unique, slots, _ = _dedup(leaves, base)
         self.values.extend(unique)
         self.kinds.extend(map(type, unique))
-        if not is_root:
-            # Only a node's part can be followed by parts that meet these Variables again;
-            # an all-Variable root has no nodes, so nothing follows it.
-            self.ids.update(zip(map(id, unique), range(base, base + len(unique)), strict=False))
+        self.ids.update(zip(map(id, unique), range(base, base + len(unique)), strict=True))
         return slots
 
     def _variables_slow(self, leaves: list[Any]) -> tuple[int, ...]:
@@ -309,7 +369,11 @@ class _Flattener:
 def flatten(tree: Any) -> tuple[GraphDef, list[Any]]:
     """``tree`` -> ``(graphdef, values)``; each shared Variable/Ref/node appears once."""
     f = _Flattener()
-    f.part(tree, None)
+    leaves, treedef = jtu.tree_flatten(tree, is_leaf=f.is_leaf)
+    types = tuple(map(type, leaves))
+    if _identity_hashed(set(types)):
+        return _flatten_variables(leaves, treedef, types)  # the common case: only Variables
+    f.part(tree, None, (leaves, treedef))
     return GraphDef(tuple(f.parts), tuple(f.kinds)), f.values  # type: ignore[arg-type]
 
 
@@ -334,8 +398,11 @@ def unflatten(graphdef: GraphDef, values: list[Any]) -> Any:
                     if obj is None:
                         obj = built[extra.part] = build(extra.part)
                     leaves.append(obj)
-        elif type(part.slots) is range and len(part.slots) == len(values):
-            leaves = values  # the common case: the root holds every value, in order
+        elif part.repeats is not None:
+            # An all-Variable root: every value in order, plus the repeated positions.
+            leaves = list(values) if part.repeats else values
+            for position, first in part.repeats:
+                leaves.insert(position, leaves[first])
         else:
             leaves = list(map(values.__getitem__, part.slots))
         tree = part.treedef.unflatten(leaves)

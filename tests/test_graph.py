@@ -1,0 +1,81 @@
+"""The shared traversal: pattern reuse, nodes, cycles, paths."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import statetree as st
+from statetree import _graph
+
+
+def test_same_structure_different_sharing_is_never_confused() -> None:
+    # The pattern of the last split of a structure is reused only when it still holds.
+    a, b, c = (st.Param(jnp.full(1, float(i))) for i in range(3))
+    cases = [
+        ({"x": a, "y": b, "z": c}, 3),
+        ({"x": a, "y": a, "z": c}, 2),
+        ({"x": a, "y": b, "z": a}, 2),
+        ({"x": b, "y": b, "z": b}, 1),
+        ({"x": a, "y": b, "z": c}, 3),
+        ({"x": c, "y": b, "z": c}, 2),
+    ]
+    for tree, distinct in cases:
+        graphdef, state = st.split(tree)
+        assert len(state) == distinct
+        rebuilt = st.merge(graphdef, state)
+        for key in "xyz":
+            assert rebuilt[key] is tree[key]
+
+
+def test_repeated_split_reuses_the_graphdef_object() -> None:
+    tree = {"w": [st.Param(jnp.ones(1)) for _ in range(3)]}
+    tree["tied"] = tree["w"][0]
+    g1, _ = st.split(tree)
+    g2, s2 = st.split(tree)
+    assert g1 is g2  # same structure, same pattern: hash and paths are computed once
+    assert list(s2) == [("tied",), ("w", 1), ("w", 2)]
+    other_kinds = {"w": [st.BatchStat(jnp.ones(1)) for _ in range(3)]}
+    other_kinds["tied"] = other_kinds["w"][0]
+    g3, _ = st.split(other_kinds)
+    assert g3 != g1
+
+
+def test_pattern_cache_is_bounded() -> None:
+    for n in range(_graph._PATTERNS_MAX + 10):
+        st.split([st.Variable(jnp.zeros(())) for _ in range(n + 1)])
+    assert len(_graph._PATTERNS) <= _graph._PATTERNS_MAX
+
+
+@st.register_node
+class Cell:
+    def __init__(self, value: float) -> None:
+        self.value = st.Variable(jnp.array(value))
+        self.peer: object = None
+
+
+def test_reference_cycle_is_refused() -> None:
+    a, b = Cell(1.0), Cell(2.0)
+    a.peer, b.peer = b, a
+    with pytest.raises(st.StructureError, match=r"contains itself.*weakref"):
+        st.split(a)
+
+
+def test_node_sharing_across_containers() -> None:
+    shared = Cell(3.0)
+    tree = {"list": [shared, Cell(4.0)], "direct": shared}
+    graphdef, state = st.split(tree)
+    assert len(state) == 2
+    rebuilt = st.merge(graphdef, state)
+    assert rebuilt["direct"] is rebuilt["list"][0]
+    assert graphdef.occurrences()[0] == (("direct", "value"), ("list", 0, "value"))
+
+
+def test_paths_of_custom_pytrees_without_keys() -> None:
+    class Pair:
+        def __init__(self, a: object, b: object) -> None:
+            self.a, self.b = a, b
+
+    jax.tree_util.register_pytree_node(Pair, lambda p: ((p.a, p.b), None), lambda _, c: Pair(*c))
+    graphdef, state = st.split({"p": Pair(st.Param(jnp.ones(1)), jnp.zeros(1))})
+    assert list(state) == [("p", 0), ("p", 1)]
+    assert isinstance(st.merge(graphdef, state)["p"], Pair)
