@@ -70,33 +70,17 @@ class MutableState(eqx.nn.State):
 
     def set(self, item: eqx.nn.StateIndex, value: Any) -> "MutableState":
         old = self.get(item)
-        targets, structure = jtu.tree_flatten(old, is_leaf=_is_variable)
-        new = jtu.tree_map(jnp.asarray, value)
-        leaves, new_structure = jtu.tree_flatten(new)
-        if new_structure != structure:
-            raise st.StructureError(
-                f"MutableState.set({item.marker!r}, value): value has structure "
-                f"{new_structure}, but the state holds {structure}. Pass the same "
-                "structure of arrays that state.get(index) returns."
-            )
-        for target, leaf in zip(targets, leaves, strict=True):
-            if target.shape != leaf.shape:
-                raise st.VariableWriteError(
-                    f"MutableState.set({item.marker!r}, value): a value of shape "
-                    f"{leaf.shape} cannot replace the state's {target.shape}. State "
-                    "entries keep their shapes; compute the new value with the old shape."
-                )
-        if all(t.mutable for t in targets):
-            for target, leaf in zip(targets, leaves, strict=True):
+        pairs = _pairs(old, value, f"MutableState.set({item.marker!r}, value)")
+        if all(t.mutable for t, _ in pairs):
+            for target, leaf in pairs:
                 _write(target, leaf)
             return self
         # Frozen Variables: the functional update Equinox does, minus the invalidation.
         replaced = jtu.tree_unflatten(
-            structure,
-            [type(t)(x, mutable=False) for t, x in zip(targets, leaves, strict=True)],
+            jtu.tree_structure(old, is_leaf=_is_variable),
+            [type(t)(x, mutable=False) for t, x in pairs],
         )
-        values, keys = self.tree_flatten()
-        entries = dict(zip(keys, values, strict=True))
+        entries = self._entries()
         entries[item.marker] = replaced
         return MutableState.tree_unflatten(tuple(entries), tuple(entries.values()))
 
@@ -105,7 +89,7 @@ class MutableState(eqx.nn.State):
         return MutableState.tree_unflatten(keys, values)
 
     def update(self, substate: eqx.nn.State) -> "MutableState":
-        mine = dict(zip(*reversed(self.tree_flatten()), strict=True))
+        mine = self._entries()
         values, keys = substate.tree_flatten()
         missing = [k for k in keys if k not in mine]
         if missing:
@@ -113,14 +97,38 @@ class MutableState(eqx.nn.State):
                 f"MutableState.update(substate): entries {missing} are not in this state. "
                 "Pass a state made with state.substate(...) of this one."
             )
-        for key, value in zip(keys, values, strict=True):
-            for target, leaf in zip(
-                jtu.tree_leaves(mine[key], is_leaf=_is_variable),
-                jtu.tree_leaves(value, is_leaf=_is_variable),
-                strict=True,
-            ):
-                _write(target, leaf)
+        # Check every entry before writing any: a bad substate changes nothing.
+        pairs = [
+            pair
+            for key, value in zip(keys, values, strict=True)
+            for pair in _pairs(mine[key], st.unbox(value), f"MutableState.update: {key!r}")
+        ]
+        for target, leaf in pairs:
+            _write(target, leaf)
         return self
+
+    def _entries(self) -> dict[Any, Any]:
+        values, keys = self.tree_flatten()
+        return dict(zip(keys, values, strict=True))
+
+
+def _pairs(old: Any, value: Any, where: str) -> list[tuple[st.Variable, Any]]:
+    """(Variable, new array) for each entry of ``old``; checks structure and shapes."""
+    targets, structure = jtu.tree_flatten(old, is_leaf=_is_variable)
+    leaves, new_structure = jtu.tree_flatten(jtu.tree_map(jnp.asarray, value))
+    if new_structure != structure:
+        raise st.StructureError(
+            f"{where}: value has structure {new_structure}, but the state holds "
+            f"{structure}. Pass the same structure of arrays that state.get(index) returns."
+        )
+    for target, leaf in zip(targets, leaves, strict=True):
+        if target.shape != leaf.shape:
+            raise st.VariableWriteError(
+                f"{where}: a value of shape {leaf.shape} cannot replace the state's "
+                f"{target.shape}. State entries keep their shapes; compute the new value "
+                "with the old shape."
+            )
+    return list(zip(targets, leaves, strict=True))
 
 
 def _is_variable(x: Any) -> bool:
@@ -349,7 +357,7 @@ def freeze(obj: Any) -> Any:
     >>> import jax, equinox as eqx
     >>> from statetree.adapters import equinox as eqxst
     >>> linear = eqx.nn.Linear(2, 3, key=jax.random.key(0))
-    >>> eqx.tree_equal(eqxst.freeze(eqxst.mutable(linear)), linear)
+    >>> bool(eqx.tree_equal(eqxst.freeze(eqxst.mutable(linear)), linear))
     True
     """
     return _restore(st.unbox(obj))

@@ -1,5 +1,6 @@
 """statetree.adapters.equinox: Equinox models under mutable-array semantics."""
 
+import doctest
 import subprocess
 import sys
 import textwrap
@@ -237,6 +238,13 @@ def test_substate_and_update(cnn_and_state: tuple[CNN, eqx.nn.State]) -> None:
     plain = eqx.nn.State.tree_unflatten(("CNN.norm.ema_first_time_index",), (jnp.array(True),))
     assert state.update(plain) is state
     assert bool(state.get(model.norm.ema_first_time_index)[...])
+    bad = eqx.nn.State.tree_unflatten(
+        ("CNN.norm.ema_first_time_index", "CNN.norm.ema_state_index"),
+        (jnp.array(False), (jnp.zeros(4), jnp.zeros(3))),
+    )
+    with pytest.raises(st.VariableWriteError, match=r"ema_state_index.*shape \(3,\)"):
+        state.update(bad)
+    assert bool(state.get(model.norm.ema_first_time_index)[...])  # nothing was written
     alien = eqx.nn.State.tree_unflatten(("elsewhere",), (jnp.array(True),))
     with pytest.raises(st.StructureError, match="not in this state"):
         state.update(alien)
@@ -449,6 +457,13 @@ def test_batchnorm_cnn_training_with_st_optimizer_matches_equinox(
 
     losses = [float(step(model, state, optimizer, x, y)) for _ in range(STEPS)]
     check_cnn(losses, model, state, cnn_reference)
+
+
+def test_docstring_examples() -> None:
+    # tests/test_docs.py walks the statetree folder; adapters/ lives beside it.
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    result = doctest.testmod(eqxst, optionflags=flags)
+    assert result.attempted >= 4 and result.failed == 0
 
 
 # ----------------------------------------------------------------------------- optional
