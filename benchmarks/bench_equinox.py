@@ -1,0 +1,183 @@
+"""W2: tiny MLP adam step (Equinox) -- statetree's in-place step against Equinox's own.
+
+One training step of an ``eqx.nn.MLP`` 2 -> 64 -> 3 (adam, batch 10), three ways, in one
+process:
+
+- raw JAX: ``jax.jit`` of the functional step with the parameters and optimizer state
+  donated (the dispatch floor for this model; the baseline);
+- Equinox: the idiomatic ``eqx.filter_jit`` step returning a new model and opt state;
+- statetree: the model converted with ``statetree.adapters.equinox.mutable``, a plain
+  ``jax.jit`` step that updates parameters and optimizer state in place, returning only
+  the loss (with ``st.Optimizer`` where this checkout has it, else an optax update
+  written in the step).
+
+The model is tiny so the figures are per-step dispatch cost, not arithmetic.
+"""
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optax
+from statetree.adapters import equinox as eqxst
+
+import statetree as st
+
+WORKLOAD = "W2 tiny MLP adam step (Equinox)"
+CASE = "MLP 2->64->3, batch 10"
+
+
+def _time_us(step: Callable[[], Any], quick: bool) -> float:
+    """Median over repeats of the mean time per call, after warm-up (compilation)."""
+    for _ in range(3):
+        jax.block_until_ready(step())
+    number, repeats = (50, 5) if quick else (300, 11)
+    samples = []
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(number):
+                out = step()
+            jax.block_until_ready(out)
+            samples.append((time.perf_counter() - start) / number * 1e6)
+    finally:
+        gc.enable()
+    return statistics.median(samples)
+
+
+def _loss(model: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+
+
+def _data() -> tuple[Any, jax.Array, jax.Array, Any]:
+    mlp = eqx.nn.MLP(2, 3, width_size=64, depth=1, key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (10, 2))
+    y = jax.random.normal(jax.random.key(2), (10, 3))
+    return mlp, x, y, optax.adam(1e-3)
+
+
+def _raw_jax(quick: bool) -> float:
+    mlp, x, y, tx = _data()
+    params, static = eqx.partition(mlp, eqx.is_array)
+
+    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
+        loss, grads = jax.value_and_grad(lambda p: _loss(eqx.combine(p, static), x, y))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    carry = [params, tx.init(params)]
+
+    def call() -> jax.Array:
+        carry[0], carry[1], loss = jitted(carry[0], carry[1], x, y)
+        return loss
+
+    return _time_us(call, quick)
+
+
+def _equinox(quick: bool) -> float:
+    mlp, x, y, tx = _data()
+
+    @eqx.filter_jit
+    def step(model: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
+        loss, grads = eqx.filter_value_and_grad(_loss)(model, x, y)
+        updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    carry = [mlp, tx.init(eqx.filter(mlp, eqx.is_array))]
+
+    def call() -> jax.Array:
+        carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
+        return loss
+
+    return _time_us(call, quick)
+
+
+def _grads(model: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
+    graphdef, params, rest = st.split(model, st.Param, ...)
+    loss, grads = jax.value_and_grad(lambda p: _loss(st.merge(graphdef, p, rest), x, y))(
+        st.freeze(params)
+    )
+    return params, grads, loss
+
+
+def _statetree_optimizer(quick: bool) -> float:
+    mlp, x, y, tx = _data()
+    model = eqxst.mutable(mlp)
+    optimizer = st.Optimizer(model, tx, wrt=st.Param)
+
+    @jax.jit
+    def step(model: Any, optimizer: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+        _, grads, loss = _grads(model, x, y)
+        optimizer.update(model, grads)
+        return loss
+
+    return _time_us(lambda: step(model, optimizer, x, y), quick)
+
+
+def _statetree_optax(quick: bool) -> float:
+    mlp, x, y, tx = _data()
+    model = eqxst.mutable(mlp)
+    opt_state = st.mutable(tx.init(st.unbox(st.state(model, st.Param))))
+    is_variable = lambda v: isinstance(v, st.Variable)
+
+    @jax.jit
+    def step(model: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+        params, grads, loss = _grads(model, x, y)
+        values = st.unbox(params)
+        updates, new_opt_state = tx.update(st.unbox(grads), st.unbox(opt_state), values)
+        st.update(model, optax.apply_updates(values, updates))
+        jtu.tree_map(
+            lambda v, new: v.__setitem__(Ellipsis, new),
+            opt_state,
+            new_opt_state,
+            is_leaf=is_variable,
+        )
+        return loss
+
+    return _time_us(lambda: step(model, opt_state, x, y), quick)
+
+
+def _ref_floor(quick: bool) -> tuple[float, int]:
+    """A jitted no-op given as many raw ``jax.Ref``s as the in-place step takes: what
+    JAX's dispatch of Ref arguments costs before any statetree code runs."""
+    mlp, _, _, tx = _data()
+    params = eqx.filter(mlp, eqx.is_array)
+    refs = [jax.new_ref(a) for a in jtu.tree_leaves((params, tx.init(params)))]
+    noop = jax.jit(lambda refs: jnp.zeros(()))
+    return _time_us(lambda: noop(refs), quick), len(refs)
+
+
+def run(quick: bool) -> list[dict]:
+    def row(impl: str, value: float, baseline: bool = False) -> dict:
+        return {
+            "workload": WORKLOAD,
+            "case": CASE,
+            "impl": impl,
+            "value": value,
+            "unit": "us",
+            "baseline": baseline,
+        }
+
+    rows = [
+        row("raw JAX (functional jit, donation)", _raw_jax(quick), baseline=True),
+        row("Equinox (eqx.filter_jit, functional)", _equinox(quick)),
+        row("statetree (jax.jit in place, optax in step)", _statetree_optax(quick)),
+    ]
+    floor, n = _ref_floor(quick)
+    rows.append(row(f"floor: jax.jit no-op taking {n} raw jax.Refs", floor))
+    if hasattr(st, "Optimizer"):
+        rows.append(row("statetree (jax.jit in place, st.Optimizer)", _statetree_optimizer(quick)))
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick=False):
+        print(f"{r['impl']:48s} {r['value']:9.1f} {r['unit']}")
