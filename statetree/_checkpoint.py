@@ -110,22 +110,35 @@ def _entry(path: Any, value: Any) -> tuple[dict[str, Any], Any]:
 
 
 def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
-    """Save the state of ``tree`` (any pytree of Variables, Refs and arrays, or a State)
-    to the directory ``path``.
+    """Save the state of ``tree`` to the directory ``path`` (orbax-checkpoint).
 
-    The checkpoint appears at ``path`` complete or not at all: it is written beside it
-    and renamed into place at the end. ``path`` must not exist unless ``overwrite=True``.
-    Shared Variables are stored once, with the paths that share them; values keep their
-    dtype bit for bit (bfloat16, int8, typed PRNG keys included).
+    The checkpoint appears at ``path`` complete or not at all: it is written into a
+    hidden sibling directory and renamed into place as the last step, so a save killed
+    at any moment leaves nothing that ``restore`` accepts. Shared Variables are stored
+    once, with the paths that share them; values keep their dtype bit for bit (bfloat16,
+    int8, raw key data, typed PRNG keys) and each device writes its own shards.
 
-    >>> import tempfile, jax.numpy as jnp, statetree as st
-    >>> model = st.mutable({"w": st.Param(jnp.ones(3)), "step": jnp.array(7)})
-    >>> directory = tempfile.mkdtemp()
-    >>> st.save(f"{directory}/ckpt", model)
-    >>> model["w"][...] = 0.0
-    >>> st.restore(f"{directory}/ckpt", model)
-    >>> model["w"][...]
-    Array([1., 1., 1.], dtype=float32)
+    Args:
+      path: the checkpoint's directory; its parent is created if needed.
+      tree: a live tree (Variables, raw Refs and arrays; other leaves are structure and
+        are not saved), or a State such as ``st.state(model, st.Param)``.
+      overwrite: replace an existing checkpoint at ``path``, once the new one is complete.
+
+    Raises:
+      CheckpointError: ``path`` exists and ``overwrite`` is False.
+      TypeError: a value is traced (``save`` runs outside ``jax.jit``), or a path has a
+        key other than ``str`` and ``int``.
+      ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
+
+    Examples:
+      >>> import tempfile, jax.numpy as jnp, statetree as st
+      >>> model = st.mutable({"w": st.Param(jnp.ones(3)), "step": jnp.array(7)})
+      >>> directory = tempfile.mkdtemp()
+      >>> st.save(f"{directory}/step_7", model)
+      >>> model["w"][...] = 0.0
+      >>> st.restore(f"{directory}/step_7", model)
+      >>> model["w"][...]
+      Array([1., 1., 1.], dtype=float32)
     """
     ocp = _orbax()
     final = pathlib.Path(path).absolute()
@@ -269,13 +282,33 @@ def _target(entry: dict[str, Any], value: Any) -> Any:
 def restore(path: PathLike, tree: Any) -> None:
     """Restore the checkpoint at ``path`` into ``tree``'s mutable Variables, in place.
 
-    ``tree`` is the live tree (or a State of its mutable Variables, such as
-    ``st.state(model, st.Param)`` when only that State was saved).
+    The index is compared with the live tree first: the same paths, kinds, shapes,
+    dtypes and shared Variables, each target writable in place. Any difference raises
+    one error naming every offending path, and nothing is read or written. Each value is
+    then read in the layout of the Variable that receives it (its ``.sharding``), so a
+    checkpoint saved on one device layout restores onto another, and written with
+    ``st.update``: everything holding the tree's Variables sees the restored values.
 
-    The tree must have the checkpoint's structure: the same paths, kinds, shapes, dtypes
-    and shared Variables; otherwise a ``StructureError`` names every difference and
-    nothing is written. Each value is read in the layout of the Variable it goes into
-    (its ``.sharding``), so a checkpoint saved on one device layout restores onto another.
+    Args:
+      path: a directory written by :func:`save`.
+      tree: the live tree, made mutable (``st.mutable``), or a State of its mutable
+        Variables (such as ``st.state(model, st.Param)`` when that State was saved).
+
+    Raises:
+      CheckpointError: no complete checkpoint at ``path`` (never written, an unfinished
+        save's working directory, or an interrupted overwrite: the message says which).
+      StructureError: the tree does not fit the checkpoint (every difference is named).
+      ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
+
+    Examples:
+      >>> import tempfile, jax, jax.numpy as jnp, statetree as st
+      >>> rng = st.mutable({"key": jax.random.key(0), "bf16": jnp.ones(2, jnp.bfloat16)})
+      >>> directory = tempfile.mkdtemp()
+      >>> st.save(f"{directory}/rng", rng)
+      >>> rng["bf16"][...] = 0
+      >>> st.restore(f"{directory}/rng", rng)
+      >>> rng["bf16"][...], rng["key"].dtype
+      (Array([1, 1], dtype=bfloat16), key<fry>)
     """
     ocp = _orbax()
     final = pathlib.Path(path).absolute()
