@@ -35,6 +35,9 @@ def check(axis_type: AxisType) -> None:
         tree["alias"] = tree["shared"]
         model = st.mutable(tree)
     assert same(model["shared"].sharding, NamedSharding(mesh, P()))
+    direct = st.Variable(x, mutable=True)  # a Ref made from a sharded array
+    direct.value = jax.device_put(base, cols)  # written from another layout
+    assert same(direct.sharding, rows) and same(direct.value.sharding, rows)
     assert same(model["w"].sharding, rows) and same(model["bare"].sharding, rows)
     assert model["alias"] is model["shared"]
     frozen = st.freeze(model)
