@@ -2,6 +2,9 @@
 
 from ._aliases import check_aliases as check_aliases
 from ._aliases import find_aliases as find_aliases
+from ._checkpoint import CheckpointError as CheckpointError
+from ._checkpoint import restore as restore
+from ._checkpoint import save as save
 from ._config import use_mutable_arrays as use_mutable_arrays
 from ._convert import freeze as freeze
 from ._convert import mutable as mutable

@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["is_storage", "read", "write", "new_storage", "register_storage"]
+__all__ = ["is_storage", "read", "write", "write_at", "new_storage", "register_storage"]
 
 # Types that implement the Ref protocol. A tuple so `isinstance` stays one C call.
 _STORAGE_TYPES: tuple[type, ...] = (jax.Ref,)
@@ -45,6 +45,34 @@ def read(raw: Any) -> Any:
 def write(raw: Any, value: Any) -> None:
     """Replace the whole value of the storage ``raw`` (shape and dtype already match)."""
     raw[...] = value
+
+
+def write_at(raw: Any, idx: Any, value: Any) -> None:
+    """Replace ``raw[idx]`` (``value`` already has the indexed shape and ``raw``'s dtype).
+
+    Goes through the whole value (``read``, ``.at[idx].set``, ``write``) so NumPy's
+    indexing rules hold. Under a mesh with *explicit* axes, JAX cannot infer where the
+    result of a scatter into a sharded array lives, so the storage's own sharding is
+    spelled out: the storage keeps its sharding, as it does under automatic axes.
+    """
+    current = read(raw)
+    sharding = _explicit_sharding(current)
+    if sharding is None:
+        new = current.at[idx].set(value)
+    else:
+        new = current.at[idx].set(value, out_sharding=sharding)
+    raw[...] = new
+
+
+def _explicit_sharding(array: Any) -> Any:
+    """``array``'s sharding when its mesh has an explicit axis, else None."""
+    sharding = jax.typeof(array).sharding
+    mesh = getattr(sharding, "mesh", None)
+    if jax.sharding.AxisType.Explicit not in getattr(mesh, "axis_types", ()):
+        return None
+    # A concrete array's own sharding names real devices; a tracer's names the abstract
+    # mesh, which is all `jax.jit` needs.
+    return sharding if isinstance(array, jax.core.Tracer) else array.sharding
 
 
 def new_storage(value: Any) -> Any:

@@ -228,7 +228,7 @@ class Variable(ArrayBehaviour):
         if idx is Ellipsis:
             _storage.write(raw, value)
         else:
-            _storage.write(raw, _storage.read(raw).at[idx].set(value))
+            _storage.write_at(raw, idx, value)
 
     def _coerce(self, idx: Any, new: Any) -> Any:
         """``new`` as an array of this Variable's dtype and of the indexed shape."""
