@@ -49,11 +49,27 @@ def _family(dtype: Any) -> int:
     return -1  # keys, opaque dtypes: only an exact dtype match is accepted
 
 
-def _can_cast(src: Any, dst: Any) -> bool:
-    if src == dst:
+# Python scalars have a family but no width: they take the Variable's dtype. An `int`
+# ranks as unsigned so that it may go into unsigned, signed and floating Variables alike.
+_PY_FAMILIES = {bool: 0, int: 1, float: 3, complex: 4}
+
+
+def _source(new: Any) -> tuple[str, Any, int]:
+    """``(description, dtype or None, family)`` of a value about to be written."""
+    if type(new) in _PY_FAMILIES:
+        return f"Python {type(new).__name__}", None, _PY_FAMILIES[type(new)]
+    dtype = jnp.result_type(new)
+    family = _family(dtype)
+    if family == 2 and isinstance(new, jax.Array) and jax.typeof(new).weak_type:
+        family = 1  # a weakly typed int (from a Python int) takes the Variable's dtype
+    return f"dtype {dtype}", dtype, family
+
+
+def _can_cast(src_dtype: Any, src_family: int, dst: Any) -> bool:
+    if src_dtype is not None and src_dtype == dst:
         return True
-    s, d = _family(src), _family(dst)
-    return s >= 0 and d >= 0 and s <= d
+    d = _family(dst)
+    return src_family >= 0 and d >= 0 and src_family <= d
 
 
 def _indexed_shape(shape: tuple[int, ...], idx: Any) -> tuple[int, ...]:
@@ -240,15 +256,11 @@ class Variable(ArrayBehaviour):
                 "values, not references. Write its current value instead: v[...] = ref[...]."
             )
         dtype = self._raw.dtype
-        src = (
-            jnp.result_type(new)
-            if not isinstance(new, (bool, int, float, complex))
-            else (np.result_type(type(new)))
-        )
-        if not _can_cast(src, dtype):
+        described, src_dtype, src_family = _source(new)
+        if not _can_cast(src_dtype, src_family, dtype):
             raise VariableWriteError(
-                f"Cannot write a value of dtype {src} into {self._describe()}: NumPy's "
-                f"'same_kind' casting does not allow {src} -> {dtype}, and a silent cast "
+                f"Cannot write a value of {described} into {self._describe()}: NumPy's "
+                f"'same_kind' casting does not allow it -> {dtype}, and a silent cast "
                 f"would lose data. Convert it explicitly, e.g. x.astype({dtype}) (or "
                 f"jnp.round(x).astype({dtype}))."
             )
@@ -287,7 +299,7 @@ class Variable(ArrayBehaviour):
         parts.extend(f"{k}={v!r}" for k, v in self._metadata)
         if isinstance(raw, jax.core.Tracer):
             parts.append("traced")
-        elif getattr(raw, "size", 0) <= 16:
+        elif getattr(raw, "size", 0) <= 16 and _family(dtype) >= 0:  # not for PRNG keys
             value = np.asarray(_storage.read(raw))
             parts.append("value=" + np.array2string(value, separator=", "))
         return ", ".join(parts) + ")"

@@ -92,8 +92,11 @@ def variables(tree: Any) -> list[st.Variable]:
 
 
 def arrays(tree: Any) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree_util.tree_leaves(st.unbox(tree))
-            if isinstance(x, jax.Array)]
+    return [
+        np.asarray(x)
+        for x in jax.tree_util.tree_leaves(st.unbox(tree))
+        if isinstance(x, jax.Array)
+    ]
 
 
 def test_mutable_converts_every_array(case: Case) -> None:

@@ -200,6 +200,28 @@ def test_write_dtype_error_for_unsafe_casts(value: object) -> None:
     np.testing.assert_array_equal(v[...], [0, 0])
 
 
+def test_python_scalars_and_weak_values_take_the_variables_dtype() -> None:
+    u = st.Variable(jnp.ones(3, jnp.uint32), mutable=True)
+    u[...] = 0  # a Python int has no sign of its own
+    u[1] = jnp.asarray(7)  # weakly typed int32 from a Python int
+    np.testing.assert_array_equal(u[...], [0, 7, 0])
+    assert u.dtype == jnp.uint32
+    b = st.Variable(jnp.zeros(2, bool), mutable=True)
+    b[...] = True
+    with pytest.raises(st.VariableWriteError, match="Python int into mutable Variable bool"):
+        b[...] = 1
+    with pytest.raises(st.VariableWriteError, match="dtype int32 into mutable Variable uint32"):
+        u[...] = jnp.array([1, 2, 3], jnp.int32)  # a strong signed int: not same_kind
+
+
+def test_prng_key_variables() -> None:
+    keys = st.Variable(jax.random.key(0), mutable=True)
+    assert repr(keys).startswith("Variable(key<fry>[], mutable=True")
+    keys[...] = jax.random.split(keys[...])[0]
+    with pytest.raises(st.VariableWriteError, match="key<fry>"):
+        keys[...] = jnp.zeros((), jnp.uint32)
+
+
 def test_writing_a_ref_is_refused() -> None:
     v = st.Variable(jnp.zeros(2), mutable=True)
     with pytest.raises(st.RefValueError, match=r"v\[\.\.\.\] = ref\[\.\.\.\]"):
