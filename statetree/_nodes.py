@@ -28,14 +28,15 @@ NODE_TYPES: tuple[type, ...] = ()
 _DATA_LEAVES = (jax.Array, np.ndarray, Variable, jax.Ref)
 
 
+def _is_data(x: Any) -> bool:
+    return isinstance(x, (_DATA_LEAVES, NODE_TYPES))
+
+
 def _holds_data(x: Any) -> bool:
-    if isinstance(x, (_DATA_LEAVES, NODE_TYPES)):
-        return True
-    if isinstance(x, (list, tuple)):
-        return any(_holds_data(e) for e in x)
-    if isinstance(x, dict):
-        return any(_holds_data(e) for e in x.values())
-    return False
+    # Lists, tuples, dicts, and any other JAX pytree (a NamedTuple, flax's FrozenDict, a
+    # `jax.tree_util.Partial`): data when one of its leaves is. An object JAX does not
+    # know is its own single leaf.
+    return any(map(_is_data, jtu.tree_leaves(x, is_leaf=_is_data)))
 
 
 class Static:
@@ -170,7 +171,23 @@ def register_node(cls: T) -> T:
         )
     jtu.register_pytree_with_keys(cls, _flatten_with_keys, _unflatten, _flatten)
     NODE_TYPES = (*NODE_TYPES, cls)
+    _register_subclasses(cls)
     return cls
+
+
+def _register_subclasses(cls: type) -> None:
+    """Subclasses are nodes too: JAX registers exact types, so a subclass left out would
+    be a leaf to ``jax.jit`` while statetree (``isinstance``) treats it as a node."""
+    own = cls.__dict__.get("__init_subclass__")
+
+    def __init_subclass__(sub: type, **kwargs: Any) -> None:
+        if own is not None:
+            own.__get__(None, sub)(**kwargs)
+        else:
+            super(cls, sub).__init_subclass__(**kwargs)  # type: ignore[misc]
+        register_node(sub)
+
+    cls.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
 
 
 def is_node(x: Any) -> bool:
