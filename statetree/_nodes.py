@@ -163,7 +163,7 @@ def register_node(cls: T) -> T:
         )
     if cls in NODE_TYPES:
         return cls
-    if hasattr(cls, "__slots__") and not hasattr(cls, "__dict__"):
+    if cls.__dictoffset__ == 0:  # instances have no __dict__ (a class always has its own)
         raise TypeError(
             f"register_node(cls): {cls.__name__} uses __slots__ without __dict__; "
             "statetree reads a node's attributes from vars(obj). Drop __slots__ or add "

@@ -1,0 +1,326 @@
+"""st.register_node: user classes as pytree nodes with identity."""
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typeguard import suppress_type_checks
+
+import statetree as st
+
+
+@st.register_node
+class Linear:
+    def __init__(self, din: int, dout: int, activation: str = "relu") -> None:
+        self.kernel = st.Param(jnp.ones((din, dout)))
+        self.bias = jnp.zeros(dout)  # a bare array: data too
+        self.activation = activation  # static
+        self.sizes = [din, dout]  # static, and unhashable
+
+    def __call__(self, x: Any) -> Any:
+        return x @ self.kernel + self.bias
+
+
+@st.register_node
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    w: Any
+    name: str = "frozen"
+
+
+@st.register_node
+class Stack:
+    def __init__(self, n: int) -> None:
+        self.layers = [Linear(2, 2) for _ in range(n)]
+        self.norms = {"pre": st.BatchStat(jnp.zeros(2)), "post": (st.BatchStat(jnp.ones(2)),)}
+        self.depth = n
+        self.fn = jnp.tanh
+
+
+def values(tree: Any) -> list[Any]:
+    return [np.asarray(v) for v in jax.tree.leaves(st.unbox(tree))]
+
+
+def test_data_and_static_attributes():
+    graphdef, state = st.split(Stack(2))
+    assert set(state.paths()) == {
+        ("layers", 0, "kernel"),
+        ("layers", 0, "bias"),
+        ("layers", 1, "kernel"),
+        ("layers", 1, "bias"),
+        ("norms", "pre"),
+        ("norms", "post", 0),
+    }
+    model = st.merge(graphdef, state)
+    assert type(model) is Stack and type(model.layers[1]) is Linear
+    assert model.depth == 2 and model.fn is jnp.tanh
+    assert model.layers[0].activation == "relu" and model.layers[0].sizes == [2, 2]
+    assert list(vars(model)) == ["layers", "norms", "depth", "fn"]  # attribute order kept
+
+
+def test_static_values_take_part_in_graphdef_equality():
+    g1, _ = st.split(Linear(2, 3))
+    g2, _ = st.split(Linear(2, 3))
+    g3, _ = st.split(Linear(2, 3, activation="tanh"))
+    g4, _ = st.split(Linear(3, 2))  # `sizes` differs (and shapes, which GraphDefs ignore)
+    assert g1 == g2 and hash(g1) == hash(g2)
+    assert g1 != g3 and g1 != g4
+
+
+def test_static_values_key_the_jit_cache():
+    traces = []
+
+    @jax.jit
+    def apply(model, x):
+        traces.append(model.activation)
+        return model(x)
+
+    x = jnp.ones((1, 2))
+    apply(Linear(2, 3), x)
+    apply(Linear(2, 3), x)
+    assert traces == ["relu"]
+    apply(Linear(2, 3, activation="tanh"), x)
+    assert traces == ["relu", "tanh"]
+
+
+def test_node_passes_through_jit_and_updates_in_place():
+    model = st.mutable(Stack(2))
+    assert all(st.is_mutable(v) for v in st.state(model).values())
+
+    @jax.jit
+    def step(model, x):
+        y = model.layers[1](model.layers[0](x))
+        model.norms["pre"][...] = y.mean(0)
+        model.layers[0].kernel[...] *= 2
+        return y
+
+    y = step(model, jnp.ones((4, 2)))
+    np.testing.assert_allclose(model.norms["pre"][...], y.mean(0))
+    np.testing.assert_allclose(model.layers[0].kernel[...], jnp.full((2, 2), 2.0))
+
+
+def test_frozen_dataclass():
+    node = Frozen(st.Param(jnp.ones(3)))
+    m = st.mutable(node)
+    assert type(m) is Frozen and m.name == "frozen" and m.w.mutable
+    assert not node.w.mutable  # the input is unchanged
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.w = 1
+    f = st.freeze(m)
+    assert not f.w.mutable and f.name == "frozen"
+    u = st.unbox(f)
+    assert isinstance(u.w, jax.Array)
+    out = jax.jit(lambda n: Frozen(n.w * 2, n.name))(Frozen(jnp.ones(2), "x"))
+    assert out.name == "x"
+    np.testing.assert_array_equal(out.w, jnp.full(2, 2.0))
+    g, s = st.split(m)
+    assert st.merge(g, s) == dataclasses.replace(m)  # dataclass equality of the same w
+
+
+def test_mutable_freeze_unbox_round_trip():
+    tree = Stack(3)
+    back = st.unbox(st.freeze(st.mutable(tree)))
+    assert type(back) is Stack and back.depth == 3
+    for a, b in zip(values(back), values(tree), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_any_jax_pytree_attribute_holding_arrays_is_data():
+    class Pair(NamedTuple):
+        a: Any
+        b: Any
+
+    @jax.tree_util.register_pytree_node_class
+    class Box:
+        def __init__(self, x: Any) -> None:
+            self.x = x
+
+        def tree_flatten(self) -> tuple[tuple[Any], None]:
+            return (self.x,), None
+
+        @classmethod
+        def tree_unflatten(cls, aux: None, children: Any) -> "Box":
+            return cls(*children)
+
+    @st.register_node
+    class Holder:
+        def __init__(self) -> None:
+            self.pair = Pair(jnp.ones(2), "tag")
+            self.box = Box(jnp.zeros(3))
+            self.empty_box = Box(None)
+
+    _, state = st.split(Holder())
+    assert set(state.paths()) == {("pair", "a"), ("box", 0)}
+    model = st.mutable(Holder())
+    assert isinstance(model.box.x, st.Variable) and model.pair.b == "tag"
+
+
+def test_subclasses_are_nodes_for_jit_too():
+    seen = []
+
+    @st.register_node
+    class Base:
+        def __init_subclass__(cls, **kwargs: Any) -> None:
+            super().__init_subclass__(**kwargs)
+            seen.append(cls.__name__)
+
+        def __init__(self) -> None:
+            self.w = jnp.ones(2)
+
+    class Child(Base):
+        pass
+
+    class GrandChild(Child):
+        pass
+
+    assert seen == ["Child", "GrandChild"]  # the class's own hook still runs
+    out = jax.jit(lambda m: m)(GrandChild())
+    assert type(out) is GrandChild
+    assert st.state(GrandChild()).paths() == (("w",),)
+
+
+def test_shared_sub_object_is_one_object_after_split_merge_and_mutable():
+    @st.register_node
+    class Tied:
+        def __init__(self) -> None:
+            shared = Linear(2, 2)
+            self.encoder = shared
+            self.decoder = shared
+            self.both = [shared]
+
+    model = Tied()
+    graphdef, state = st.split(model)
+    assert len(state) == 2  # the shared Linear's two values, once
+    merged = st.merge(graphdef, state)
+    assert merged.encoder is merged.decoder is merged.both[0]
+    m = st.mutable(model)
+    assert m.encoder is m.decoder is m.both[0]
+    f = st.freeze(m)
+    assert f.encoder is f.decoder
+    # Attributes are visited in sorted order, as JAX flattens dicts; the bias, a bare
+    # array in the shared node, became one Variable too.
+    assert st.find_aliases(m) == [
+        (("both", 0, "bias"), ("decoder", "bias"), ("encoder", "bias")),
+        (("both", 0, "kernel"), ("decoder", "kernel"), ("encoder", "kernel")),
+    ]
+    with pytest.raises(st.AliasError, match=r"\['decoder'\]\['kernel'\] <-> \['encoder'\]"):
+        st.check_aliases(m)
+
+
+def test_shared_node_merged_inside_jit_writes_through_both_paths():
+    @st.register_node
+    class Tied:
+        def __init__(self) -> None:
+            self.encoder = self.decoder = Linear(2, 2)
+
+    model = st.mutable(Tied())
+    graphdef, state = st.split(model)
+
+    @jax.jit
+    def step(state):
+        m = st.merge(graphdef, state)
+        m.encoder.kernel[...] += 1
+        return m.decoder.kernel[...]
+
+    np.testing.assert_array_equal(step(state), jnp.full((2, 2), 2.0))
+    np.testing.assert_array_equal(model.decoder.kernel[...], jnp.full((2, 2), 2.0))
+
+
+def test_rebuild_does_not_run_init():
+    calls = []
+
+    @st.register_node
+    class Counted:
+        def __init__(self) -> None:
+            calls.append(1)
+            self.w = jnp.ones(2)
+
+    st.merge(*st.split(st.mutable(Counted())))
+    jax.jit(lambda m: m)(Counted())
+    assert len(calls) == 2  # the two constructions above, nothing more
+
+
+def test_reference_cycles_raise():
+    @st.register_node
+    class Parent:
+        def __init__(self) -> None:
+            self.w = jnp.ones(2)
+            self.children = [Child(self)]
+
+    @st.register_node
+    class Child:
+        def __init__(self, parent: Any) -> None:
+            self.parent = parent
+
+    tree = Parent()
+    for op in (st.split, st.mutable, st.find_aliases):
+        with pytest.raises(st.StructureError, match=r"Parent node contains itself.*weakref"):
+            op(tree)
+
+
+def test_register_node_errors():
+    with suppress_type_checks(), pytest.raises(TypeError, match=r"cls must be a class"):
+        st.register_node(Linear(1, 1))
+    with pytest.raises(TypeError, match=r"Param is a Variable kind"):
+        st.register_node(st.Param)
+
+    class Slotted:
+        __slots__ = ("w",)
+
+    @dataclasses.dataclass(slots=True)
+    class SlottedData:
+        w: Any
+
+    for cls in (Slotted, SlottedData):
+        with pytest.raises(TypeError, match=rf"{cls.__name__} uses __slots__ without __dict__"):
+            st.register_node(cls)
+
+    class SlotsWithDict:
+        __slots__ = ("__dict__", "w")
+
+    assert st.register_node(SlotsWithDict) is SlotsWithDict
+    assert st.register_node(Linear) is Linear  # registering twice is harmless
+
+
+def test_one_variable_at_two_attributes():
+    @st.register_node
+    class Two:
+        def __init__(self) -> None:
+            self.a = self.b = st.Param(jnp.ones(2))
+
+    graphdef, state = st.split(st.mutable(Two()))
+    assert len(state) == 1 and graphdef == st.split(Two())[0]
+    merged = st.merge(graphdef, state)
+    assert merged.a is merged.b and merged.a.mutable
+    assert st.find_aliases(merged) == [(("a",), ("b",))]
+
+
+def test_nodes_stacked_with_vmap_and_scanned():
+    @st.register_node
+    class Layer:
+        def __init__(self, key: Any) -> None:
+            self.w = st.Param(jax.random.normal(key, (2, 2)))
+            self.mean = st.BatchStat(jnp.zeros(2))
+
+        def __call__(self, x: Any) -> Any:
+            y = jax.nn.gelu(x @ self.w)
+            self.mean[...] = y.mean(0)
+            return y
+
+    stack = st.mutable(jax.vmap(Layer)(jax.random.split(jax.random.key(0), 3)))
+    assert stack.w.shape == (3, 2, 2)
+
+    @jax.jit
+    def run(stack, x):
+        return jax.lax.scan(lambda x, layer: (layer(x), None), x, stack)[0]
+
+    x = jnp.ones((4, 2))
+    y = run(stack, x)
+    expected = x
+    for i in range(3):
+        expected = jax.nn.gelu(expected @ stack.w[i])
+        np.testing.assert_allclose(stack.mean[i], expected.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
