@@ -324,3 +324,25 @@ def test_nodes_stacked_with_vmap_and_scanned():
         expected = jax.nn.gelu(expected @ stack.w[i])
         np.testing.assert_allclose(stack.mean[i], expected.mean(0), rtol=1e-6)
     np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+def test_node_holding_a_prng_key_variable():
+    class RngKey(st.Variable):
+        differentiable = False
+
+    @st.register_node
+    class Dropout:
+        def __init__(self, rate: float) -> None:
+            self.rate = rate
+            self.key = RngKey(jax.random.key(0))
+
+        def __call__(self, x: Any) -> Any:
+            key, sub = jax.random.split(self.key[...])
+            self.key[...] = key
+            return jnp.where(jax.random.bernoulli(sub, 1 - self.rate, x.shape), x, 0.0)
+
+    drop = st.mutable(Dropout(0.5))
+    assert repr(drop.key) == "RngKey(key<fry>[], mutable=True)"  # keys print no value
+    first = jax.jit(lambda d, x: d(x))(drop, jnp.ones(64))
+    second = jax.jit(lambda d, x: d(x))(drop, jnp.ones(64))
+    assert not np.array_equal(first, second)  # the key advanced in place
