@@ -262,8 +262,7 @@ class Bound:
                 collections[name],
                 f"bind: the mutable collection {name!r}",
                 (name,),
-                "Convert the collections first: collections = dicts.from_collections("
-                "variables).",
+                "Convert the collections first: collections = dicts.from_collections(variables).",
             )
         self.apply_fn = apply_fn
         self.collections = dict(collections)

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from statetree.adapters import dicts
 from typeguard import suppress_type_checks
 
 import statetree as st
-from statetree.adapters import dicts
 
 LR = 0.1
 
@@ -112,7 +112,10 @@ def test_from_collections_kinds(variables):
 
 def test_from_collections_errors():
     # Annotations say the same; these checks teach callers who run without typeguard.
-    with suppress_type_checks(), pytest.raises(TypeError, match=r"expected a mapping from collection name.*list"):
+    with (
+        suppress_type_checks(),
+        pytest.raises(TypeError, match=r"expected a mapping from collection name.*list"),
+    ):
         dicts.from_collections([jnp.ones(2)])
     with suppress_type_checks(), pytest.raises(TypeError, match=r"names are strings.*key 0"):
         dicts.from_collections({0: {"w": jnp.ones(2)}})
@@ -124,7 +127,11 @@ def test_bind_mutable_choices(variables):
     state = dicts.from_collections({**variables, "cache": {"k": jnp.zeros(2)}})
     assert dicts.bind(MODEL.apply, state).mutable == ("batch_stats", "cache")
     assert dicts.bind(MODEL.apply, state, mutable="cache").mutable == ("cache",)
-    assert dicts.bind(MODEL.apply, state, mutable=True).mutable == ("params", "batch_stats", "cache")
+    assert dicts.bind(MODEL.apply, state, mutable=True).mutable == (
+        "params",
+        "batch_stats",
+        "cache",
+    )
     assert dicts.bind(MODEL.apply, state, mutable=False).mutable == ()
 
 
@@ -245,7 +252,9 @@ def test_wrong_return_structure_names_paths_and_writes_nothing(variables):
     def bound(result):
         return dicts.bind(_fake_apply(result), state)
 
-    with pytest.raises(st.StructureError, match=r"must return \(out, updated_collections\).*Array"):
+    with pytest.raises(
+        st.StructureError, match=r"must return \(out, updated_collections\).*Array"
+    ):
         bound(jnp.ones(2))(X)
     with pytest.raises(st.StructureError, match=r"returned list as its updated collections"):
         bound((1, [stats]))(X)
