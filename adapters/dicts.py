@@ -35,10 +35,14 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
-import numpy as np
-
 import statetree as st
+
+from ._haiku import BoundHaiku as BoundHaiku
+from ._haiku import bind_haiku as bind_haiku
+from ._haiku import from_haiku as from_haiku
+from ._trees import assign, check_kind, require_mutable, unpack
+from ._trees import freeze as freeze
+from ._trees import mutable as mutable
 
 __all__ = [
     "COLLECTION_KINDS",
@@ -57,70 +61,32 @@ COLLECTION_KINDS: Mapping[str, type] = types.MappingProxyType(
 )
 """The Variable kind of each Flax collection; any other collection holds ``st.Variable``."""
 
-_ARRAYS = (jax.Array, np.ndarray, np.generic)
 
-
-def _is_variable(x: Any) -> bool:
-    return isinstance(x, st.Variable)
-
-
-def _path_str(path: tuple[Any, ...]) -> str:
-    return "".join(f"[{key!r}]" for key in path) or "<root>"
-
-
-def _paths_block(paths: Sequence[tuple[Any, ...]], prefix: tuple[Any, ...] = ()) -> str:
-    shown = [f"  {_path_str(prefix + p)}" for p in paths[:20]]
-    if len(paths) > 20:
-        shown.append(f"  ... and {len(paths) - 20} more")
-    return "\n".join(shown)
-
-
-def _check_kind(kind: Any, where: str) -> None:
-    if not (isinstance(kind, type) and issubclass(kind, st.Variable)):
-        raise TypeError(
-            f"{where}: a kind must be a Variable class such as st.Param, st.BatchStat or "
-            f"st.Cache (or your own subclass of st.Variable); got {kind!r}."
-        )
-
-
-# ---------------------------------------------------------------------------- plain trees
-def mutable(tree: Any, kind: type = st.Param) -> Any:
-    """The tree with every array leaf in a new mutable ``kind`` Variable.
-
-    Variables already in the tree keep their kind and are made mutable (``st.mutable``);
-    non-array leaves (ints, strings, None) are left alone. The input is not modified.
-
-    >>> import jax.numpy as jnp, statetree as st
-    >>> from statetree.adapters import dicts
-    >>> params = dicts.mutable({"dense": {"kernel": jnp.ones((2, 3))}, "scale": [jnp.ones(3)]})
-    >>> params["dense"]["kernel"]
-    Param(float32[2,3], mutable=True, value=...)
-    >>> dicts.freeze(params)["scale"]
-    [Array([1., 1., 1.], dtype=float32)]
-    """
-    _check_kind(kind, "dicts.mutable(tree, kind=...)")
-
-    def box(x: Any) -> Any:
-        return kind(x, mutable=True) if isinstance(x, _ARRAYS) else x
-
-    return st.mutable(jax.tree.map(box, tree, is_leaf=_is_variable))
-
-
-def freeze(tree: Any) -> Any:
-    """The tree with every Variable replaced by its current array: a plain dict/list
-    tree again, as the functional code that made it expects (``st.unbox``)."""
-    return st.unbox(tree)
-
-
-# ---------------------------------------------------------------------------- flax linen
 def from_collections(
     variables: Mapping[str, Any], kinds: Mapping[str, type] | None = None
 ) -> dict[str, Any]:
     """Flax-linen-style ``{"params": ..., "batch_stats": ...}`` as mutable Variables.
 
-    Each collection gets its kind from :data:`COLLECTION_KINDS` (params -> ``Param``,
-    batch_stats -> ``BatchStat``, cache -> ``Cache``, any other -> ``Variable``);
-    ``kinds`` adds or overrides entries, e.g. ``kinds={"spectral": st.BatchStat}``.
+    Args:
+      variables: collection name -> tree of arrays, as ``model.init`` returns.
+      kinds: adds to or overrides :data:`COLLECTION_KINDS` (params -> ``Param``,
+        batch_stats -> ``BatchStat``, cache -> ``Cache``; any other collection holds
+        ``Variable``), e.g. ``kinds={"spectral": st.BatchStat}``.
+
+    Returns:
+      A new dict of the same collections, each a tree of mutable Variables of its kind.
+
+    Raises:
+      TypeError: ``variables`` is not a mapping, a collection name is not a string, or a
+        kind is not a Variable class.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from statetree.adapters import dicts
+      >>> variables = {"params": {"w": jnp.ones(2)}, "batch_stats": {"m": jnp.zeros(2)}}
+      >>> c = dicts.from_collections(variables)
+      >>> type(c["params"]["w"]).__name__, type(c["batch_stats"]["m"]).__name__
+      ('Param', 'BatchStat')
     """
     if not isinstance(variables, Mapping):
         raise TypeError(
@@ -130,7 +96,7 @@ def from_collections(
         )
     table = dict(COLLECTION_KINDS)
     for name, kind in (kinds or {}).items():
-        _check_kind(kind, f"from_collections(kinds={{{name!r}: ...}})")
+        check_kind(kind, f"from_collections(kinds={{{name!r}: ...}})")
         table[name] = kind
     out = {}
     for name, collection in variables.items():
@@ -168,70 +134,20 @@ def _mutable_names(mutable: Any, names: Sequence[str]) -> tuple[str, ...]:
     return chosen
 
 
-def _require_mutable(tree: Any, where: str, prefix: tuple[Any, ...], fix: str) -> None:
-    """Every value in ``tree`` must be a mutable Variable (or Ref): it is written in place."""
-    bad = []
-    for path, value in st.state(tree).items():
-        if not st.is_mutable(value):
-            what = f"a frozen {type(value).__name__}" if _is_variable(value) else "a bare array"
-            bad.append(f"  {_path_str(prefix + path)}: {what}")
-    if bad:
-        raise st.StructureError(
-            f"{where} must hold mutable Variables, because the updated values are written "
-            "into them in place (a bare array has no storage to write to, and a write into "
-            f"a frozen Variable would be lost after jax.jit). These do not:\n"
-            + "\n".join(bad[:20])
-            + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-            + f"\n{fix}"
-        )
-
-
-def _assign(targets: Any, new: Any, who: str, prefix: tuple[Any, ...]) -> None:
-    """Write ``new`` (a tree of arrays) into the mutable Variables of ``targets``, all
-    or nothing; errors name every path that does not fit."""
-    have = st.state(targets).paths()
-    got = st.state(new)
-    have_set, got_set = set(have), set(got.paths())
-    missing = [p for p in have if p not in got_set]
-    extra = [p for p in got.paths() if p not in have_set]
-    if missing or extra:
-        problems = []
-        if missing:
-            problems.append("missing (held here, not returned):\n" + _paths_block(missing, prefix))
-        if extra:
-            problems.append("extra (returned, not held here):\n" + _paths_block(extra, prefix))
-        raise st.StructureError(
-            f"{who} do not have the structure of the Variables they update; nothing was "
-            "written.\n" + "\n".join(problems) + "\napply_fn must return each updated "
-            "collection whole, with the same keys, as it received it."
-        )
-    try:
-        st.update(targets, got)
-    except st.StructureError as e:
-        raise st.StructureError(
-            f"{who} do not fit the Variables they update (paths below are relative to "
-            f"{_path_str(prefix)}); nothing was written.\n{e}"
-        ) from None
-
-
-def _unpack(result: Any, who: str, expected: str) -> tuple[Any, Any]:
-    if not (isinstance(result, tuple) and len(result) == 2):
-        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
-        raise st.StructureError(
-            f"{who} must return {expected}; it returned {got}. Check that apply_fn is "
-            "the function that returns the updated state as well as the output."
-        )
-    return result
-
-
 @st.register_node
 class Bound:
     """``apply_fn`` bound to Flax-linen-style collections; made by :func:`bind`.
 
     Calling it, ``f(*args, **kwargs)``, runs ``apply_fn(variables, *args,
     mutable=[...], **kwargs)`` on the collections' current values, writes the updated
-    collections into their Variables in place and returns the output alone. A registered
-    node: pass it to ``jax.jit`` as an argument (``apply_fn`` is static).
+    collections into their Variables in place (all or nothing: structure, shapes and
+    dtypes are checked first) and returns the output alone. A registered node: pass it
+    to ``jax.jit`` as an argument (``apply_fn`` and ``mutable`` are static).
+
+    Attributes:
+      apply_fn: the bound function.
+      collections: collection name -> tree of Variables (the caller's own Variables).
+      mutable: the names of the collections written after each call.
     """
 
     apply_fn: Callable[..., Any]
@@ -258,7 +174,7 @@ class Bound:
         names = tuple(collections)
         chosen = _mutable_names(mutable, names)
         for name in chosen:
-            _require_mutable(
+            require_mutable(
                 collections[name],
                 f"bind: the mutable collection {name!r}",
                 (name,),
@@ -277,7 +193,7 @@ class Bound:
             )
         variables = {name: st.unbox(tree) for name, tree in self.collections.items()}
         result = self.apply_fn(variables, *args, mutable=list(self.mutable), **kwargs)
-        out, updates = _unpack(
+        out, updates = unpack(
             result, "apply_fn", "(out, updated_collections) when called with mutable=[...]"
         )
         if not isinstance(updates, Mapping):
@@ -298,12 +214,22 @@ class Bound:
                 "was told are mutable."
             )
         targets = {name: self.collections[name] for name in self.mutable}
-        _assign(targets, {name: updates[name] for name in self.mutable}, "apply_fn's updates", ())
+        assign(targets, {name: updates[name] for name in self.mutable}, "apply_fn's updates", ())
         return out
 
     def replace(self, **collections: Any) -> "Bound":
-        """A new bound function with some collections replaced, the rest shared; e.g.
-        ``f.replace(params=params)`` with frozen params inside a loss under ``jax.grad``."""
+        """A new bound function with some collections replaced, the rest shared.
+
+        Args:
+          **collections: collection name -> replacement tree, e.g. ``params=params``
+            with frozen params inside a loss under ``jax.grad``.
+
+        Returns:
+          A new :class:`Bound` with the same ``apply_fn`` and mutable names.
+
+        Raises:
+          StructureError: a name that is not one of this function's collections.
+        """
         unknown = [n for n in collections if n not in self.collections]
         if unknown:
             raise st.StructureError(
@@ -337,74 +263,25 @@ def bind(
     Returns:
       ``f(*args, **kwargs) -> out``: a :class:`Bound`, a registered node that
       ``jax.jit`` takes as an argument.
+
+    Raises:
+      StructureError: a name in ``mutable`` is not a collection, or a mutable collection
+        holds bare arrays or frozen Variables (the error lists their paths). Calling the
+        result raises it when ``apply_fn`` returns another structure than it was given.
+      TypeError: ``apply_fn`` is not callable or ``collections`` not a mapping.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from statetree.adapters import dicts
+      >>> def apply(variables, x, mutable):  # a Flax-style apply that counts calls
+      ...     n = variables["counts"]["n"]
+      ...     return x * variables["params"]["w"], {"counts": {"n": n + 1}}
+      >>> variables = {"params": {"w": jnp.full(2, 3.0)}, "counts": {"n": jnp.zeros((), int)}}
+      >>> c = dicts.from_collections(variables)
+      >>> f = dicts.bind(apply, c)
+      >>> jax.jit(lambda f, x: f(x))(f, jnp.ones(2))
+      Array([3., 3.], dtype=float32)
+      >>> c["counts"]["n"][...]
+      Array(1, dtype=int32)
     """
     return Bound(apply_fn, collections, mutable)
-
-
-# ---------------------------------------------------------------------------- haiku
-def from_haiku(params: Any, state: Any) -> tuple[Any, Any]:
-    """Haiku's ``(params, state)`` as mutable Variables: ``Param``s and ``BatchStat``s
-    (Haiku state is never differentiated, so it takes a non-differentiable kind)."""
-    return mutable(params, kind=st.Param), mutable(state, kind=st.BatchStat)
-
-
-@st.register_node
-class BoundHaiku:
-    """A Haiku-style ``apply_fn`` bound to params and state; made by :func:`bind_haiku`.
-
-    ``f(rng, *args, **kwargs)`` runs ``apply_fn(params, state, rng, *args, **kwargs)``
-    on the current values, writes the new state into the state's Variables in place and
-    returns the output alone.
-    """
-
-    apply_fn: Callable[..., Any]
-    params: Any
-    state: Any
-
-    def __init__(self, apply_fn: Callable[..., Any], params: Any, state: Any) -> None:
-        if not callable(apply_fn):
-            raise TypeError(
-                f"bind_haiku(apply_fn, params, state): apply_fn must be callable, e.g. "
-                f"the apply of hk.transform_with_state; got {type(apply_fn).__name__}."
-            )
-        _require_mutable(
-            state,
-            "bind_haiku(state=...): the state",
-            ("state",),
-            "Convert it first: params, state = dicts.from_haiku(params, state).",
-        )
-        self.apply_fn = apply_fn
-        self.params = params
-        self.state = state
-
-    def __call__(self, rng: Any, *args: Any, **kwargs: Any) -> Any:
-        result = self.apply_fn(st.unbox(self.params), st.unbox(self.state), rng, *args, **kwargs)
-        out, new_state = _unpack(result, "apply_fn", "(out, new_state)")
-        _assign(self.state, new_state, "apply_fn's new state", ("state",))
-        return out
-
-    def replace(self, *, params: Any = None, state: Any = None) -> "BoundHaiku":
-        """A new bound function with ``params`` and/or ``state`` replaced, e.g.
-        ``f.replace(params=params)`` with frozen params inside a loss under ``jax.grad``."""
-        return BoundHaiku(
-            self.apply_fn,
-            self.params if params is None else params,
-            self.state if state is None else state,
-        )
-
-    def __repr__(self) -> str:
-        fn = getattr(self.apply_fn, "__qualname__", repr(self.apply_fn))
-        return (
-            f"BoundHaiku({fn}, {len(st.state(self.params))} params, "
-            f"{len(st.state(self.state))} state values)"
-        )
-
-
-def bind_haiku(apply_fn: Callable[..., Any], params: Any, state: Any) -> BoundHaiku:
-    """Bind a Haiku-style ``apply_fn(params, state, rng, *args) -> (out, new_state)``.
-
-    ``state`` must hold mutable Variables (see :func:`from_haiku`); ``params`` may be
-    mutable, or frozen inside a loss under ``jax.grad``. Returns ``f(rng, *args) -> out``,
-    a :class:`BoundHaiku` (a registered node that ``jax.jit`` takes as an argument).
-    """
-    return BoundHaiku(apply_fn, params, state)

@@ -2,6 +2,7 @@
 flax.linen model) and Haiku-style functions, step for step against functional training."""
 
 import doctest
+import importlib
 
 import flax.linen as nn
 import jax
@@ -204,6 +205,40 @@ def test_bind_inside_jit_matches_functional_flax(variables, functional_step):
         assert_tree_close(state, reference)
 
 
+def test_bound_is_a_jit_argument_that_does_not_retrace(variables):
+    traces = []
+
+    @jax.jit
+    def apply(f, x):
+        traces.append(1)
+        return f(x)
+
+    state = dicts.from_collections(variables)
+    apply(dicts.bind(MODEL.apply, state), X)
+    apply(dicts.bind(MODEL.apply, state), X)  # a new Bound, equal static parts
+    assert len(traces) == 1
+    apply(dicts.bind(MODEL.apply, state, mutable=True), X)  # the mutable names are static
+    assert len(traces) == 2
+    # The bound function holds the collections' own Variables: pass one, not both.
+    f = dicts.bind(MODEL.apply, state)
+    with pytest.raises(st.AliasError, match=r"\['batch_stats'\]\['BatchNorm_0'\]\['mean'\]"):
+        st.check_aliases((f, state))
+
+
+def test_convert_and_bind_inside_jit(variables):
+    # A functional wrapper: refs made and written inside the trace, only arrays out.
+    @jax.jit
+    def functional(variables, x):
+        state = dicts.from_collections(variables)
+        out = dicts.bind(MODEL.apply, state)(x)
+        return out, dicts.freeze(state)
+
+    out, new = functional(variables, X)
+    want, updates = jax.jit(lambda v, x: MODEL.apply(v, x, mutable=["batch_stats"]))(variables, X)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    assert_tree_close(new["batch_stats"], updates["batch_stats"])
+
+
 def test_bound_eval_mode_reads_running_stats(variables):
     state = dicts.from_collections(variables)
     before = dicts.freeze(state)
@@ -379,14 +414,21 @@ def test_bind_haiku_errors_teach():
 
     with pytest.raises(st.StructureError, match=r"(?s)missing.*\['state'\]\['step'\]"):
         dicts.bind_haiku(forgets_step, params, state)(None, X)
+    counter = dicts.bind_haiku(
+        lambda p, s, r: (0, {"n": jnp.asarray(s["n"]) + 1}), params, {"n": 0}
+    )  # a Python int is no Variable: nothing holds the count
+    with pytest.raises(st.StructureError, match=r"(?s)extra.*\['state'\]\['n'\].*store an array"):
+        counter(None)
     assert_tree_close(state, before)
 
 
-def test_module_docstring_examples():
+@pytest.mark.parametrize("module", ["dicts", "_trees", "_haiku"])
+def test_module_docstring_examples(module):
+    module = importlib.import_module(f"statetree.adapters.{module}")
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    tests = finder.find(dicts, "statetree.adapters.dicts")
-    assert sum(len(t.examples) for t in tests) > 0
-    for test in tests:
+    for test in finder.find(module, module.__name__):
         runner.run(test)
-    assert runner.summarize(verbose=False).failed == 0
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0
+    assert result.attempted > 0
