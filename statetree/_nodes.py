@@ -5,9 +5,10 @@ and a node *with identity* statetree knows: an instance reached through two attr
 one object again after ``st.split``/``st.merge`` and after ``st.mutable``.
 
 Which attributes are data is decided per instance: an attribute is data when it holds an
-array, a Variable, a ``jax.Ref`` or a registered node, directly or inside lists, tuples
-and dicts (``self.layers = [Linear(...), ...]``). Every other attribute is static: it is
-kept in the tree structure and takes part in its equality (and so in jit's cache key).
+array, a Variable, a ``jax.Ref`` or a registered node, directly or inside lists, tuples,
+dicts (``self.layers = [Linear(...), ...]``) or any other JAX pytree. Every other
+attribute is static: it is kept in the tree structure and takes part in its equality (and
+so in jit's cache key). Subclasses of a registered class are registered when defined.
 """
 
 from typing import Any, TypeVar
@@ -111,7 +112,8 @@ def register_node(cls: T) -> T:
     Usable as a class decorator. Works for plain classes with attributes and for
     dataclasses (frozen ones too); instances are rebuilt without calling ``__init__``.
     Attributes holding arrays, Variables, Refs or registered nodes (directly or inside
-    lists, tuples and dicts) are data; the others are static and part of the structure.
+    lists, tuples, dicts or any other JAX pytree) are data; the others are static and
+    part of the structure. Subclasses of ``cls`` are registered too, when defined.
     An instance reached through two paths is one object again after ``st.split`` /
     ``st.merge`` and after ``st.mutable`` / ``st.freeze``.
 
