@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 from typeguard import suppress_type_checks
 
 import statetree as st
@@ -346,3 +348,83 @@ def test_node_holding_a_prng_key_variable():
     apply = jax.jit(lambda d, x: d(x))
     first, second = apply(drop, jnp.ones(64)), apply(drop, jnp.ones(64))
     assert not np.array_equal(first, second)  # the key advanced in place
+
+
+# ---------------------------------------------------------------------------- property
+@st.register_node
+class Graph:
+    """A node whose attributes point at arrays, Variables and earlier nodes."""
+
+
+def objects(tree: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Any]]:
+    """Every (path, object) for the nodes, Variables and arrays reachable by attribute
+    walks (an array in a shared node is one Variable after st.mutable)."""
+    if isinstance(tree, (st.Variable, jax.Array)):
+        return [(path, tree)]
+    found = []
+    if isinstance(tree, Graph):
+        found.append((path, tree))
+        items = vars(tree).items()
+    elif isinstance(tree, dict):
+        items = sorted(tree.items())  # JAX rebuilds dicts with sorted keys
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return found
+    for key, child in items:
+        found.extend(objects(child, (*path, key)))
+    return found
+
+
+def sharing(tree: Any) -> tuple[list[tuple[Any, ...]], set[tuple[int, int]]]:
+    """The paths, and which pairs of them reach one object: identity as a structure."""
+    found = objects(tree)
+    pairs = {
+        (i, j)
+        for i, (_, a) in enumerate(found)
+        for j, (_, b) in enumerate(found)
+        if i < j and a is b
+    }
+    return [p for p, _ in found], pairs
+
+
+@hs.composite
+def graphs(draw: Any) -> Any:
+    n_vars = draw(hs.integers(1, 4))
+    variables = [st.Param(jnp.full((2,), float(i))) for i in range(n_vars)]
+    nodes: list[Graph] = []
+    for i in range(draw(hs.integers(1, 5))):
+        node = Graph()
+        node.tag = f"n{i}"  # static
+        for a in range(draw(hs.integers(1, 3))):
+            choice = draw(hs.integers(0, 3))
+            if choice == 0 or not nodes:
+                value: Any = variables[draw(hs.integers(0, n_vars - 1))]
+            elif choice == 1:
+                value = jnp.full((3,), float(i * 10 + a))
+            elif choice == 2:
+                value = nodes[draw(hs.integers(0, len(nodes) - 1))]
+            else:
+                value = [nodes[draw(hs.integers(0, len(nodes) - 1))], variables[0]]
+            setattr(node, f"a{a}", value)
+        nodes.append(node)
+    return {"root": nodes[-1], "also": nodes[draw(hs.integers(0, len(nodes) - 1))]}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_property_identity_survives_split_merge_mutable_freeze(tree: Any) -> None:
+    want = sharing(tree)
+    merged = st.merge(*st.split(tree))
+    made_mutable = st.mutable(tree)
+    for result in (merged, made_mutable, st.freeze(made_mutable)):
+        assert sharing(result) == want
+        for a, b in zip(values(result), values(tree), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert st.split(merged)[0] == st.split(tree)[0]
+    by_variable: dict[int, list[tuple[Any, ...]]] = {}
+    for path, obj in objects(made_mutable):
+        if isinstance(obj, st.Variable):
+            by_variable.setdefault(id(obj), []).append(path)
+    expected = {frozenset(paths) for paths in by_variable.values() if len(paths) > 1}
+    assert {frozenset(group) for group in st.find_aliases(made_mutable)} == expected
