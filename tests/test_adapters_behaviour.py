@@ -74,7 +74,35 @@ def equinox_case() -> Case:
     )
 
 
-CASES = {"custom-node": custom_case, "equinox": equinox_case}
+# ------------------------------------------------------------------ plain dicts
+def _dict_model() -> dict[str, Any]:
+    k1, k2 = jax.random.split(jax.random.key(0))
+    return {
+        "layers": [
+            {"kernel": jax.random.normal(k1, (2, 8)) * 0.5, "bias": jnp.zeros(8)},
+            {"kernel": jax.random.normal(k2, (8, 1)) * 0.5, "bias": jnp.zeros(1)},
+        ]
+    }
+
+
+def _dict_forward(m: Any, x: jax.Array) -> jax.Array:
+    first, last = m["layers"]
+    return jnp.tanh(x @ first["kernel"] + first["bias"]) @ last["kernel"] + last["bias"]
+
+
+def dicts_case() -> Case:
+    from statetree.adapters import dicts
+
+    return Case(
+        "dicts",
+        make=_dict_model,
+        mutable=dicts.mutable,
+        freeze=dicts.freeze,
+        forward=_dict_forward,
+    )
+
+
+CASES = {"custom-node": custom_case, "equinox": equinox_case, "dicts": dicts_case}
 
 
 @pytest.fixture(params=sorted(CASES))
