@@ -11,6 +11,7 @@ attribute is static: it is kept in the tree structure and takes part in its equa
 so in jit's cache key). Subclasses of a registered class are registered when defined.
 """
 
+import types
 from typing import Any, TypeVar
 
 import jax
@@ -27,6 +28,8 @@ T = TypeVar("T", bound=type)
 NODE_TYPES: tuple[type, ...] = ()
 
 _DATA_LEAVES = (jax.Array, np.ndarray, Variable, jax.Ref)
+# Common static values, decided without asking JAX.
+_PLAIN_STATICS = (str, bytes, int, float, complex, type, types.FunctionType)
 
 
 def _is_data(x: Any) -> bool:
@@ -34,9 +37,18 @@ def _is_data(x: Any) -> bool:
 
 
 def _holds_data(x: Any) -> bool:
-    # Lists, tuples, dicts, and any other JAX pytree (a NamedTuple, flax's FrozenDict, a
-    # `jax.tree_util.Partial`): data when one of its leaves is. An object JAX does not
-    # know is its own single leaf.
+    if isinstance(x, (_DATA_LEAVES, NODE_TYPES)):
+        return True
+    if isinstance(x, (list, tuple)):  # NamedTuples too
+        return any(map(_holds_data, x))
+    if isinstance(x, dict):
+        return any(map(_holds_data, x.values()))
+    if x is None or isinstance(x, _PLAIN_STATICS):
+        return False
+    # Any other JAX pytree (flax's FrozenDict, a `jax.tree_util.Partial`, a user class
+    # registered with JAX): data when one of its leaves is. An object JAX does not know
+    # is its own single leaf. (Lists and dicts above short-circuit: this is the jit
+    # dispatch path.)
     return any(map(_is_data, jtu.tree_leaves(x, is_leaf=_is_data)))
 
 
