@@ -54,15 +54,16 @@ def _family(dtype: Any) -> int:
 _PY_FAMILIES = {bool: 0, int: 1, float: 3, complex: 4}
 
 
-def _source(new: Any) -> tuple[str, Any, int]:
-    """``(description, dtype or None, family)`` of a value about to be written."""
+def _source(new: Any) -> tuple[str, str, Any, int]:
+    """``(description, type name, dtype or None, family)`` of a value to be written."""
     if type(new) in _PY_FAMILIES:
-        return f"Python {type(new).__name__}", None, _PY_FAMILIES[type(new)]
+        name = type(new).__name__
+        return f"a Python {name}", name, None, _PY_FAMILIES[type(new)]
     dtype = jnp.result_type(new)
     family = _family(dtype)
     if family == 2 and isinstance(new, jax.Array) and jax.typeof(new).weak_type:
         family = 1  # a weakly typed int (from a Python int) takes the Variable's dtype
-    return f"dtype {dtype}", dtype, family
+    return f"a value of dtype {dtype}", str(dtype), dtype, family
 
 
 def _can_cast(src_dtype: Any, src_family: int, dst: Any) -> bool:
@@ -256,11 +257,11 @@ class Variable(ArrayBehaviour):
                 "values, not references. Write its current value instead: v[...] = ref[...]."
             )
         dtype = self._raw.dtype
-        described, src_dtype, src_family = _source(new)
+        described, name, src_dtype, src_family = _source(new)
         if not _can_cast(src_dtype, src_family, dtype):
             raise VariableWriteError(
-                f"Cannot write a value of {described} into {self._describe()}: NumPy's "
-                f"'same_kind' casting does not allow it -> {dtype}, and a silent cast "
+                f"Cannot write {described} into {self._describe()}: NumPy's "
+                f"'same_kind' casting does not allow {name} -> {dtype}, and a silent cast "
                 f"would lose data. Convert it explicitly, e.g. x.astype({dtype}) (or "
                 f"jnp.round(x).astype({dtype}))."
             )

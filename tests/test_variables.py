@@ -208,7 +208,7 @@ def test_python_scalars_and_weak_values_take_the_variables_dtype() -> None:
     assert u.dtype == jnp.uint32
     b = st.Variable(jnp.zeros(2, bool), mutable=True)
     b[...] = True
-    with pytest.raises(st.VariableWriteError, match="Python int into mutable Variable bool"):
+    with pytest.raises(st.VariableWriteError, match="a Python int into mutable Variable bool"):
         b[...] = 1
     with pytest.raises(st.VariableWriteError, match="dtype int32 into mutable Variable uint32"):
         u[...] = jnp.array([1, 2, 3], jnp.int32)  # a strong signed int: not same_kind
