@@ -79,7 +79,7 @@ class Static:
         return repr(self.value)
 
 
-def node_children(obj: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
+def node_children(obj: Any) -> tuple[Any, tuple[Any, ...]]:
     """Split a registered node into ``(data attributes, aux)``; aux is hashable."""
     internal = _INTERNAL.get(type(obj))
     if internal is not None:
@@ -92,7 +92,7 @@ def node_children(obj: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
     return data, (type(obj), order, static)
 
 
-def node_rebuild(aux: tuple[Any, ...], data: dict[str, Any]) -> Any:
+def node_rebuild(aux: tuple[Any, ...], data: Any) -> Any:
     """Inverse of :func:`node_children`: a new instance, no ``__init__`` run."""
     internal = _INTERNAL.get(aux[0])
     if internal is not None:

@@ -25,9 +25,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _graph, _nodes, _storage
-from ._errors import StructureError
+from ._errors import RefValueError, StructureError
 from ._graph import GraphDef
-from ._variables import Variable
+from ._variables import _AD_TRACERS, Variable
 
 __all__ = ["Packed", "View", "pack", "from_tree", "assemble"]
 
@@ -75,8 +75,8 @@ class View:
             if value.dtype != self.dtype:
                 value = jax.lax.bitcast_convert_type(value, self.dtype)
             value = value.reshape(self.shape)
-        else:
-            value = self.buffer[where]
+        else:  # a row of a stacked buffer (sharded refs take slices, not integers)
+            value = self.buffer[where : where + 1].reshape(self.shape)
         return value if idx is Ellipsis else value[idx]
 
     def __setitem__(self, idx: Any, value: Any) -> None:
@@ -88,7 +88,7 @@ class View:
         elif type(where) is tuple:
             self.buffer[where[0] : where[1]] = self._bits(value)
         else:
-            self.buffer[where] = value
+            self.buffer[where : where + 1] = jnp.expand_dims(value, 0)
 
     def _bits(self, value: Any) -> Any:
         """``value`` as a slice of a flat buffer: raveled, bitcast to the buffer dtype."""
@@ -253,6 +253,14 @@ def _unflatten(layout: _Layout, leaves: Sequence[Any]) -> Packed:
     leaves = list(leaves)
     n = len(layout.shardings)
     buffers, loose = leaves[:n], leaves[n:]
+    if any(isinstance(b, _AD_TRACERS) for b in buffers):
+        raise RefValueError(
+            "A packed tree was passed to a JAX differentiation transform (jax.grad, "
+            "jax.value_and_grad, jax.vjp, ...). Its buffers are jax.Refs, which JAX "
+            "cannot differentiate. Differentiate its frozen copy instead: "
+            "jax.grad(loss)(st.freeze(packed)), and write the result back with "
+            "st.update(packed, ...) or optimizer.update(packed, grads)."
+        )
     shardings = layout.shardings
     values: list[Any] = []
     rest = iter(loose)
@@ -293,7 +301,11 @@ def from_tree(tree: Any) -> Any:
 
 
 def assemble(tree: Any, graphdef: GraphDef, values: list[Any]) -> Any:
-    """:func:`from_tree` for a tree already flattened into ``graphdef`` and ``values``."""
+    """:func:`from_tree` for a tree already flattened into ``graphdef`` and ``values``
+    (whose kinds may have changed since: arrays packed into Variables)."""
+    kinds = tuple(type(v) if isinstance(v, Variable) else None for v in values)
+    if kinds != graphdef.kinds:
+        graphdef = GraphDef(graphdef.parts, kinds)
     buffer_index: dict[int, int] = {}
     buffers: list[Any] = []
     shardings: list[Any] = []
