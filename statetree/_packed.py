@@ -100,37 +100,7 @@ class View:
         return f"View({self.dtype}[{','.join(map(str, self.shape))}] at {self.where!r})"
 
 
-def _write_views(views: list[View], values: list[Any]) -> None:
-    """Write many views at once. Where they cover most of a flat buffer, the buffer is
-    written whole, as one concatenation (the gaps read back from it): one update for
-    XLA to perform in place, instead of a chain of hundreds that it compiles slowly."""
-    by_buffer: dict[int, list[int]] = {}
-    for i, view in enumerate(views):
-        if type(view.where) is tuple:
-            by_buffer.setdefault(id(view.buffer), []).append(i)
-        else:
-            view[...] = values[i]
-    for members in by_buffer.values():
-        buffer = views[members[0]].buffer
-        total = buffer.shape[0]
-        last = {views[i].where: i for i in members}  # a view written twice: last wins
-        ordered = sorted(last.items())
-        if 2 * sum(views[i].size for _, i in ordered) < total:
-            for _, i in ordered:
-                views[i][...] = values[i]
-            continue
-        pieces, at = [], 0
-        for (start, stop), i in ordered:
-            if start > at:
-                pieces.append(buffer[at:start])
-            pieces.append(views[i]._bits(values[i]))
-            at = stop
-        if at < total:
-            pieces.append(buffer[at:total])
-        buffer[...] = jnp.concatenate(pieces)
-
-
-_storage.register_storage(View, write_many=_write_views)
+_storage.register_storage(View)
 
 
 class _Layout:

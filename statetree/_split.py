@@ -229,10 +229,10 @@ def update(tree: Any, *states: State) -> None:
             f"update: {len(problems)} path(s) cannot be written; nothing was written:\n"
             + "\n".join(problems)
         )
-    _storage.write_many(
-        [target._raw if isinstance(target, Variable) else target for target, _ in writes],
-        [new.value if isinstance(new, Variable) else _storage.read(new) for _, new in writes],
-    )
+    for target, new in writes:
+        raw = target._raw if isinstance(target, Variable) else target
+        value = new.value if isinstance(new, Variable) else _storage.read(new)
+        _storage.write(raw, value)
 
 
 def _check_write(target: Any, new: Any) -> str | None:

@@ -12,37 +12,21 @@ A Variable holds one *raw* object:
 Nothing else in statetree looks inside a raw object: it goes through the functions below.
 """
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 
-__all__ = [
-    "is_storage",
-    "is_traced",
-    "read",
-    "write",
-    "write_many",
-    "new_storage",
-    "register_storage",
-]
+__all__ = ["is_storage", "is_traced", "read", "write", "new_storage", "register_storage"]
 
 # Types that implement the Ref protocol. A tuple so `isinstance` stays one C call.
 _STORAGE_TYPES: tuple[type, ...] = (jax.Ref,)
-# Storage types that write many values at once better than one by one.
-_BATCH_WRITERS: dict[type, Callable[[list[Any], list[Any]], None]] = {}
 
 
-def register_storage(
-    cls: type, write_many: Callable[[list[Any], list[Any]], None] | None = None
-) -> type:
-    """Declare ``cls`` a mutable storage (it must follow the ``jax.Ref`` protocol);
-    ``write_many(raws, values)``, if given, writes several of them in one go."""
+def register_storage(cls: type) -> type:
+    """Declare ``cls`` a mutable storage (it must follow the ``jax.Ref`` protocol)."""
     global _STORAGE_TYPES
     if cls not in _STORAGE_TYPES:
         _STORAGE_TYPES = (*_STORAGE_TYPES, cls)
-    if write_many is not None:
-        _BATCH_WRITERS[cls] = write_many
     return cls
 
 
@@ -69,20 +53,6 @@ def read(raw: Any) -> Any:
 def write(raw: Any, value: Any) -> None:
     """Replace the whole value of the storage ``raw`` (shape and dtype already match)."""
     raw[...] = value
-
-
-def write_many(raws: Sequence[Any], values: Sequence[Any]) -> None:
-    """:func:`write` for each pair; storage types with a batch writer get one call."""
-    batches: dict[type, tuple[list[Any], list[Any]]] = {}
-    for raw, value in zip(raws, values, strict=True):
-        if type(raw) in _BATCH_WRITERS:
-            batch = batches.setdefault(type(raw), ([], []))
-            batch[0].append(raw)
-            batch[1].append(value)
-        else:
-            raw[...] = value
-    for cls, (batch_raws, batch_values) in batches.items():
-        _BATCH_WRITERS[cls](batch_raws, batch_values)
 
 
 def new_storage(value: Any) -> Any:
