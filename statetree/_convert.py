@@ -69,7 +69,7 @@ def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
     (True, 'relu')
 
     ``packed=True`` copies the values (matching ``only``) into a few flat buffers, one
-    ``jax.Ref`` per dtype and sharding, and returns a ``Packed`` tree whose Variables are
+    ``jax.Ref`` per bit width and sharding, and returns a ``Packed`` tree whose Variables are
     views into them: ``jax.jit`` then dispatches a few Refs instead of one per Variable.
     It reads, writes, iterates and calls like the tree; ``st.freeze`` unpacks it. Keep
     the plain form where each Variable must stay its own array (``jax.lax.scan`` over

@@ -3,11 +3,17 @@
 JAX dispatches a jitted call that takes ``jax.Ref`` arguments on a slow Python path,
 with a cost per Ref, and flattens every Variable with a Python function. A training step
 over a thousand small Variables pays that a thousand times per call. A *packed* tree
-copies its Variables' values into a few flat buffers, one ``jax.Ref`` per dtype and
-sharding, and gives every Variable a :class:`View` of its slice instead of a Ref of its
-own. ``jax.jit`` then sees a handful of Refs and one Python flatten, whatever the size
-of the tree; inside the function, reads are static slices of the buffer and writes are
-static ``dynamic_update_slice``\\ s into it, which XLA performs in place.
+copies its Variables' values into a few flat buffers, one ``jax.Ref`` per bit width
+and sharding (float32 and int32 share a buffer of 32-bit words), and gives every
+Variable a :class:`View` of its slice instead of a Ref of its own. ``jax.jit`` then sees
+a handful of Refs and one Python flatten, whatever the size of the tree; inside the
+function, reads are static slices of the buffer and writes static
+``dynamic_update_slice``\\ s into it, aliased to the caller's buffer.
+
+Variables partitioned across devices (a ``NamedSharding`` that is not replicated) are
+stacked with others of their shape and sharding along a new leading axis, so each keeps
+its layout; what cannot be packed either way (PRNG keys, other shardings) gets a buffer
+of its own.
 
 :class:`Packed` is what a caller holds: a pytree for JAX (leaves: the buffers, then any
 values left unpacked; aux data: the static layout, hashed once), and a node for
@@ -170,7 +176,7 @@ class Packed:
     # ---------------------------------------------------------------- the tree's face
     @property
     def buffers(self) -> tuple[Any, ...]:
-        """The packed buffers: one flat ``jax.Ref`` per dtype and sharding."""
+        """The packed buffers: one ``jax.Ref`` per bit width and sharding."""
         return self._buffers
 
     def __getattr__(self, name: str) -> Any:
