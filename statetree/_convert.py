@@ -10,7 +10,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from . import _graph, _storage
+from . import _graph, _packed, _storage
 from ._filters import needs_path, to_predicate
 from ._variables import Variable
 
@@ -54,7 +54,7 @@ def _to_array(value: Any) -> Any:
     return _storage.read(value)
 
 
-def mutable(tree: Any, only: Any = ...) -> Any:
+def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
     """A new tree in which every Variable (matching ``only``) is mutable.
 
     Bare array leaves become mutable ``st.Variable``s; non-array leaves (ints, strings,
@@ -70,9 +70,16 @@ def mutable(tree: Any, only: Any = ...) -> Any:
       tree: any pytree (registered nodes included).
       only: a filter (see ``st.split``): only the values it matches are converted.
         Default ``...``: all of them.
+      packed: copy the values (matching ``only``) into a few flat buffers, one
+        ``jax.Ref`` per bit width and sharding, and return a ``st.Packed`` tree whose
+        Variables are views into them: ``jax.jit`` then dispatches a few Refs instead of
+        one per Variable. It reads, writes, iterates and calls like the tree;
+        ``st.freeze`` unpacks it. Keep the plain form where each Variable must stay its
+        own array (``jax.lax.scan`` over stacked layers). See docs/packed.md.
 
     Returns:
-      The converted tree, of the same structure.
+      The converted tree, of the same structure (a ``st.Packed`` wrapping it when
+      ``packed=True``).
 
     Examples:
       >>> import jax.numpy as jnp, statetree as st
@@ -87,7 +94,19 @@ def mutable(tree: Any, only: Any = ...) -> Any:
       >>> half["w"].mutable, half["n"].mutable
       (False, True)
     """
-    return _map_values(tree, _to_mutable, only)
+    if not packed:
+        return _map_values(tree, _to_mutable, only)
+    if isinstance(tree, _packed.Packed):
+        tree = tree._tree  # pack again: its values are copied into new buffers
+    graphdef, values = _graph.flatten(tree)
+    if only is Ellipsis:
+        chosen = [True] * len(values)
+    else:
+        predicate = to_predicate(only)
+        paths = graphdef.paths() if needs_path(only) else None
+        chosen = [bool(predicate(paths[i] if paths else (), v)) for i, v in enumerate(values)]
+    new = _packed.pack(values, chosen)
+    return _packed.assemble(_graph.unflatten(graphdef, new), graphdef, new)
 
 
 def freeze(tree: Any, only: Any = ...) -> Any:

@@ -2,8 +2,6 @@
 
 from typing import Any
 
-import jax
-
 from . import _storage
 from ._errors import format_path
 from ._variables import Variable
@@ -29,7 +27,7 @@ def value_summary(value: Any) -> str:
     if dtype is None:
         return f"{kind} {raw!r}"
     text = f"{kind} {dtype}[{','.join(map(str, raw.shape))}] {form}"
-    sharding = None if isinstance(raw, jax.core.Tracer) else getattr(raw, "sharding", None)
+    sharding = None if _storage.is_traced(raw) else getattr(raw, "sharding", None)
     if sharding is not None and len(getattr(sharding, "device_set", ())) > 1:
         spec = getattr(sharding, "spec", None)
         text += f" sharded{tuple(spec) if spec is not None else ''}"

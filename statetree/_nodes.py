@@ -20,7 +20,15 @@ import numpy as np
 
 from ._variables import Variable
 
-__all__ = ["register_node", "is_node", "node_children", "node_rebuild", "NODE_TYPES", "Static"]
+__all__ = [
+    "register_node",
+    "is_node",
+    "node_children",
+    "node_rebuild",
+    "register_internal_node",
+    "NODE_TYPES",
+    "Static",
+]
 
 T = TypeVar("T", bound=type)
 
@@ -34,6 +42,11 @@ _PLAIN_STATICS = (str, bytes, int, float, complex, type, types.FunctionType)
 
 def _is_data(x: Any) -> bool:
     return isinstance(x, (_DATA_LEAVES, NODE_TYPES))
+
+
+# statetree's own node classes (packed trees): class -> (children, rebuild), where
+# `children(obj) -> (data, aux)` with `aux[0]` the class, and `rebuild(aux, data) -> obj`.
+_INTERNAL: dict[type, tuple[Any, Any]] = {}
 
 
 def _holds_data(x: Any) -> bool:
@@ -81,8 +94,11 @@ class Static:
         return repr(self.value)
 
 
-def node_children(obj: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
+def node_children(obj: Any) -> tuple[Any, tuple[Any, ...]]:
     """Split a registered node into ``(data attributes, aux)``; aux is hashable."""
+    internal = _INTERNAL.get(type(obj))
+    if internal is not None:
+        return internal[0](obj)
     attrs = vars(obj)
     data = {k: v for k, v in attrs.items() if _holds_data(v)}
     static = tuple((k, Static(v)) for k, v in attrs.items() if k not in data)
@@ -91,8 +107,11 @@ def node_children(obj: Any) -> tuple[dict[str, Any], tuple[Any, ...]]:
     return data, (type(obj), order, static)
 
 
-def node_rebuild(aux: tuple[Any, ...], data: dict[str, Any]) -> Any:
+def node_rebuild(aux: tuple[Any, ...], data: Any) -> Any:
     """Inverse of :func:`node_children`: a new instance, no ``__init__`` run."""
+    internal = _INTERNAL.get(aux[0])
+    if internal is not None:
+        return internal[1](aux, data)
     cls, order, static = aux
     obj = object.__new__(cls)
     values = {k: s.value for k, s in static}
@@ -202,6 +221,15 @@ def _register_subclasses(cls: type) -> None:
         register_node(sub)
 
     cls.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
+
+
+def register_internal_node(cls: type, children: Any, rebuild: Any) -> None:
+    """Let statetree's traversal expand instances of ``cls`` (one of statetree's own
+    classes, already a JAX pytree) with ``children`` and rebuild them with ``rebuild``."""
+    global NODE_TYPES
+    if cls not in _INTERNAL:
+        _INTERNAL[cls] = (children, rebuild)
+        NODE_TYPES = (*NODE_TYPES, cls)
 
 
 def is_node(x: Any) -> bool:

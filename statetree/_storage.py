@@ -16,7 +16,15 @@ from typing import Any
 
 import jax
 
-__all__ = ["is_storage", "read", "write", "write_at", "new_storage", "register_storage"]
+__all__ = [
+    "is_storage",
+    "is_traced",
+    "read",
+    "write",
+    "write_at",
+    "new_storage",
+    "register_storage",
+]
 
 # Types that implement the Ref protocol. A tuple so `isinstance` stays one C call.
 _STORAGE_TYPES: tuple[type, ...] = (jax.Ref,)
@@ -33,6 +41,14 @@ def register_storage(cls: type) -> type:
 def is_storage(raw: Any) -> bool:
     """True when ``raw`` is mutable storage (a ``jax.Ref``, a tracer of one, a view)."""
     return isinstance(raw, _STORAGE_TYPES)
+
+
+def is_traced(raw: Any) -> bool:
+    """True when ``raw`` has no concrete value here (a tracer inside a transform, or a
+    registered storage that says so through an ``is_traced`` property)."""
+    if isinstance(raw, jax.core.Tracer):
+        return True
+    return bool(getattr(raw, "is_traced", False))
 
 
 def read(raw: Any) -> Any:

@@ -298,7 +298,7 @@ class Variable(ArrayBehaviour):
         head = f"{type(self).__name__}({dtype}[{','.join(map(str, raw.shape))}]"
         parts = [head, f"mutable={self.mutable}"]
         parts.extend(f"{k}={v!r}" for k, v in self._metadata)
-        if isinstance(raw, jax.core.Tracer):
+        if _storage.is_traced(raw):
             parts.append("traced")
         elif getattr(raw, "size", 0) <= 16 and _family(dtype) >= 0:  # not for PRNG keys
             value = np.asarray(_storage.read(raw))

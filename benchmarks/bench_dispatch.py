@@ -1,0 +1,257 @@
+"""W2: a jitted in-place adam step, where dispatch dominates.
+
+JAX dispatches a jitted call that takes ``jax.Ref`` arguments on a slow Python path with
+a cost per Ref; Variables also flatten through Python. This workload times one adam
+step (loss, grad, optax update, write back) per call on a tiny MLP (2 -> 64 -> 3,
+batch 10) and on models of 10, 100 and 1,000 small (8x8) Variables:
+
+- "raw JAX functional + donation" (the baseline): ``params, opt = step(params, opt, ...)``
+  with both donated;
+- "raw JAX functional (no donation)";
+- "raw JAX single Ref": a jitted function taking one ``jax.Ref`` (the spec's floor for
+  any ref-based step);
+- "raw JAX single Ref + batch": one ``jax.Ref`` and the step's batch ``x, y``, the floor
+  for a ref-based step that takes data (JAX's slow path costs per argument, Refs or not);
+- "statetree (plain)": ``st.mutable`` params and optimizer state updated in place;
+- "statetree (packed)": the same step on ``st.mutable(..., packed=True)``;
+- "statetree (packed, one tree)": parameters and optimizer state packed together, so
+  the call passes a single buffer;
+- "Flax NNX (refs)": nnx Variables on refs, when they run under ``jax.jit`` here.
+
+Timing: after warm-up, ``steps`` calls back to back, then one block on the result; the
+per-step figure is that loop's wall time over ``steps`` (dispatch included, as in a
+training loop), the minimum over repeats.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import statetree as st
+
+WORKLOAD = "W2 in-place adam step"
+BASELINE = "raw JAX functional + donation"
+TX = optax.adam(1e-3)
+
+
+def _time(step: Callable[[], None], block: Callable[[], Any], steps: int, repeats: int) -> float:
+    """Per-step wall time in microseconds: min over repeats of a loop of ``steps``."""
+    for _ in range(3):
+        step()
+    jax.block_until_ready(block())
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        jax.block_until_ready(block())
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best * 1e6
+
+
+# ------------------------------------------------------------------------ models
+def _mlp() -> tuple[dict[str, Any], Callable[[Any, Any, Any], Any], Any, Any]:
+    k1, k2, kx, ky = jax.random.split(jax.random.key(0), 4)
+    params = {
+        "w1": jax.random.normal(k1, (2, 64)) * 0.5,
+        "b1": jnp.zeros(64),
+        "w2": jax.random.normal(k2, (64, 3)) * 0.1,
+        "b2": jnp.zeros(3),
+    }
+
+    def loss(p: Any, x: Any, y: Any) -> Any:
+        h = jnp.tanh(x @ p["w1"] + p["b1"])
+        return jnp.mean((h @ p["w2"] + p["b2"] - y) ** 2)
+
+    return params, loss, jax.random.normal(kx, (10, 2)), jax.random.normal(ky, (10, 3))
+
+
+def _many(n: int) -> tuple[dict[str, Any], Callable[[Any, Any, Any], Any], Any, Any]:
+    keys = jax.random.split(jax.random.key(1), n + 1)
+    params = {f"w{i:04d}": jax.random.normal(keys[i], (8, 8)) * 0.3 for i in range(n)}
+
+    def loss(p: Any, x: Any, y: Any) -> Any:
+        # Elementwise per Variable, so the step's compute stays small and dispatch shows.
+        return sum(jnp.mean((w * x - y) ** 2) for w in p.values())
+
+    x = jax.random.normal(keys[n], (8, 8))
+    return params, loss, x, jnp.zeros((8, 8))
+
+
+# ------------------------------------------------------------------------ impls
+def _functional(params: Any, loss: Any, x: Any, y: Any, donate: bool) -> tuple[Any, Any]:
+    def step(p: Any, opt: Any, x: Any, y: Any) -> tuple[Any, Any]:
+        grads = jax.grad(loss)(p, x, y)
+        updates, opt = TX.update(grads, opt, p)
+        return optax.apply_updates(p, updates), opt
+
+    jitted = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    carry = [jax.tree.map(jnp.copy, params), TX.init(params)]
+
+    def run() -> None:
+        carry[0], carry[1] = jitted(carry[0], carry[1], x, y)
+
+    return run, lambda: carry
+
+
+def _single_ref() -> tuple[Any, Any]:
+    ref = jax.new_ref(jnp.zeros((8, 8)))
+
+    @jax.jit
+    def bump(r: Any) -> None:
+        r[...] += 1.0
+
+    return (lambda: bump(ref)), (lambda: ref[0, 0])
+
+
+def _single_ref_batch(x: Any, y: Any) -> tuple[Any, Any]:
+    ref = jax.new_ref(jnp.zeros((8, 8)))
+
+    @jax.jit
+    def bump(r: Any, x: Any, y: Any) -> None:
+        r[...] += jnp.mean(x) + jnp.mean(y)
+
+    return (lambda: bump(ref, x, y)), (lambda: ref[0, 0])
+
+
+def _statetree(params: Any, loss: Any, x: Any, y: Any, packed: bool) -> tuple[Any, Any]:
+    model = st.mutable(jax.tree.map(jnp.copy, params), packed=packed)
+    opt_state = st.mutable(TX.init(params), packed=packed)
+
+    @jax.jit
+    def step(model: Any, opt_state: Any, x: Any, y: Any) -> None:
+        p = st.unbox(st.freeze(model))
+        grads = jax.grad(loss)(p, x, y)
+        updates, new_opt = TX.update(grads, st.unbox(st.freeze(opt_state)), p)
+        st.update(model, st.state(optax.apply_updates(p, updates)))
+        st.update(opt_state, st.state(new_opt))
+
+    first = next(iter(st.state(model).values()))
+    return (lambda: step(model, opt_state, x, y)), (lambda: first[...])
+
+
+def _statetree_one(params: Any, loss: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    """Packed, with parameters and optimizer state in one tree: one buffer in all."""
+    state = st.mutable(
+        {"model": jax.tree.map(jnp.copy, params), "opt": TX.init(params)}, packed=True
+    )
+
+    @jax.jit
+    def step(state: Any, x: Any, y: Any) -> None:
+        frozen = st.unbox(st.freeze(state))
+        p = frozen["model"]
+        grads = jax.grad(loss)(p, x, y)
+        updates, new_opt = TX.update(grads, frozen["opt"], p)
+        st.update(state, st.state({"model": optax.apply_updates(p, updates), "opt": new_opt}))
+
+    first = next(iter(st.state(state).values()))
+    return (lambda: step(state, x, y)), (lambda: first[...])
+
+
+def _nnx(params: Any, loss: Any, x: Any, y: Any) -> tuple[Any, Any] | None:
+    try:
+        from flax import nnx
+    except ImportError:
+        return None
+
+    with nnx.var_defaults(ref=True):
+        model = {k: nnx.Param(jnp.copy(v)) for k, v in params.items()}
+        opt_state = jax.tree.map(nnx.OptState, TX.init(params))
+
+    @jax.jit
+    def step(model: Any, opt_state: Any, x: Any, y: Any) -> None:
+        p = {k: v[...] for k, v in model.items()}
+        grads = jax.grad(loss)(p, x, y)
+        opt = jax.tree.map(lambda v: v[...], opt_state, is_leaf=_is_nnx_var)
+        updates, new_opt = TX.update(grads, opt, p)
+        for k, v in optax.apply_updates(p, updates).items():
+            model[k][...] = v
+        jax.tree.map(_assign, opt_state, new_opt, is_leaf=_is_nnx_var)
+
+    try:
+        step(model, opt_state, x, y)
+    except Exception:  # nnx refs not usable under jax.jit in this version
+        return None
+    first = next(iter(model.values()))
+    return (lambda: step(model, opt_state, x, y)), (lambda: first[...])
+
+
+def _is_nnx_var(x: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(x, nnx.Variable)
+
+
+def _assign(var: Any, value: Any) -> None:
+    var[...] = value
+
+
+def run(quick: bool) -> list[dict]:
+    cases = [
+        ("MLP 2-64-3, batch 10", _mlp),
+        ("10 Variables (8x8)", lambda: _many(10)),
+        ("100 Variables (8x8)", lambda: _many(100)),
+        ("1,000 Variables (8x8)", lambda: _many(1000)),
+    ]
+    repeats = 3 if quick else 7
+    rows: list[dict] = []
+    for case, make in cases:
+        params, loss, x, y = make()
+        n = len(params)
+        steps = max(5, (200 if quick else 600) // max(1, n // 10))
+        impls: list[tuple[str, Any]] = [
+            (BASELINE, _functional(params, loss, x, y, donate=True)),
+            ("raw JAX functional (no donation)", _functional(params, loss, x, y, donate=False)),
+            ("raw JAX single Ref", _single_ref()),
+            ("raw JAX single Ref + batch", _single_ref_batch(x, y)),
+            ("statetree (plain)", _statetree(params, loss, x, y, packed=False)),
+            ("statetree (packed)", _statetree(params, loss, x, y, packed=True)),
+            ("statetree (packed, one tree)", _statetree_one(params, loss, x, y)),
+            ("Flax NNX (refs)", _nnx(params, loss, x, y)),
+        ]
+        for impl, pair in impls:
+            if pair is None:
+                continue
+            value = _time(pair[0], pair[1], steps, repeats)
+            rows.append(
+                {
+                    "workload": WORKLOAD,
+                    "case": case,
+                    "impl": impl,
+                    "value": value,
+                    "unit": "us",
+                    "baseline": impl == BASELINE,
+                }
+            )
+    return rows
+
+
+def targets(rows: list[dict]) -> dict[str, float]:
+    """The spec's three dispatch targets as ratios (pass: <= 1.0, <= 1.5, <= 1.5), each
+    for the packed step (two packed trees) and the one-tree packed step."""
+    at = {(r["case"], r["impl"]): r["value"] for r in rows}
+    out = {}
+    for impl in ("statetree (packed)", "statetree (packed, one tree)"):
+        for case, floor, bound in (
+            ("1,000 Variables (8x8)", BASELINE, "1.0"),
+            ("100 Variables (8x8)", BASELINE, "1.5"),
+            ("10 Variables (8x8)", "raw JAX single Ref", "1.5"),
+            ("10 Variables (8x8)", "raw JAX single Ref + batch", "1.5"),
+        ):
+            name = f"{case}: {impl} / {floor} (<= {bound})"
+            out[name] = at[(case, impl)] / at[(case, floor)]
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    table = run(quick="--quick" in sys.argv)
+    for row in table:
+        print(f"{row['case']:24s} {row['impl']:38s} {row['value']:10.1f} {row['unit']}")
+    for name, ratio in targets(table).items():
+        print(f"{name}: {ratio:.2f}")

@@ -1,0 +1,288 @@
+"""Packed trees: st.mutable(tree, packed=True)."""
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import statetree as st
+
+
+@st.register_node
+class Linear:
+    def __init__(self, din: int, dout: int) -> None:
+        self.kernel = st.Param(jnp.arange(din * dout, dtype=jnp.float32).reshape(din, dout))
+        self.bias = st.Param(jnp.zeros(dout))
+        self.count = st.BatchStat(jnp.zeros((), jnp.int32))
+        self.name = "linear"
+
+    def __call__(self, x):
+        self.count[...] += 1
+        return x @ self.kernel + self.bias
+
+
+def make_tree():
+    return {
+        "w": st.Param(jnp.ones((2, 3)), tag="weights"),
+        "b": [jnp.arange(4), jnp.zeros(())],
+        "stats": st.BatchStat(jnp.full(3, 2.0)),
+        "act": "relu",
+    }
+
+
+def assert_same(a, b):
+    """Equal structure, kinds, metadata and values."""
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert getattr(x, "dtype", None) == getattr(y, "dtype", None)
+
+
+@jax.jit
+def bump(tree):
+    tree["w"][...] += 1
+    tree["b"][0][1] = 7
+    tree["stats"][...] = tree["w"][0] * 2
+
+
+def test_round_trip_equals_plain():
+    tree = make_tree()
+    packed = st.mutable(tree, packed=True)
+    assert isinstance(packed, st.Packed)
+    assert_same(st.freeze(packed), st.freeze(st.mutable(tree)))
+    assert_same(st.unbox(st.freeze(packed)), st.unbox(tree))
+    assert packed["w"].metadata == {"tag": "weights"}
+    assert type(packed["stats"]) is st.BatchStat
+    assert not isinstance(st.freeze(packed), st.Packed)
+
+
+def test_input_is_not_written():
+    tree = st.mutable(make_tree())
+    packed = st.mutable(tree, packed=True)
+    packed["w"][...] = 5.0
+    assert float(tree["w"][0, 0]) == 1.0
+    assert float(packed["w"][0, 0]) == 5.0
+
+
+def test_eager_writes_land_in_the_buffer():
+    packed = st.mutable(make_tree(), packed=True)
+    (buffer,) = packed.buffers
+    packed["w"][0, 1] = 5.0
+    packed["b"][0][...] = jnp.array([9, 8, 7, 6])
+    assert packed["w"][...].tolist() == [[1, 5, 1], [1, 1, 1]]
+    assert packed["b"][0][...].tolist() == [9, 8, 7, 6]
+    assert float(packed["stats"][1]) == 2.0  # the neighbours are untouched
+    # The same bits are in the one buffer the jitted call receives.
+    start, _ = packed["w"]._raw.where
+    assert jax.lax.bitcast_convert_type(buffer[start + 1], jnp.float32) == 5.0
+
+
+def test_jit_writes_land_in_place():
+    packed = st.mutable(make_tree(), packed=True)
+    before = packed.buffers
+    bump(packed)
+    assert packed.buffers == before
+    assert packed["w"][...].tolist() == [[2.0] * 3] * 2
+    assert packed["b"][0][...].tolist() == [0, 7, 2, 3]
+    assert packed["stats"][...].tolist() == [4.0] * 3
+    lowered = bump.lower(packed).as_text()
+    assert lowered.count("tf.aliasing_output") == 1
+
+
+def test_forwarding_attributes_items_iteration_calls():
+    model = st.mutable([Linear(2, 3), Linear(3, 1)], packed=True)
+    assert len(model) == 2
+    assert [layer.name for layer in model] == ["linear", "linear"]
+    assert model[0].kernel.shape == (2, 3)
+
+    @jax.jit
+    def apply(model, x):
+        return model[1](model[0](x))
+
+    out = apply(model, jnp.ones((1, 2)))
+    assert out.shape == (1, 1)
+    assert int(model[0].count[...]) == 1
+
+    single = st.mutable(Linear(2, 2), packed=True)
+    assert single.name == "linear"
+    assert single(jnp.ones(2)).tolist() == [2.0, 4.0]
+    assert "w" in st.mutable({"w": jnp.ones(1)}, packed=True)
+
+
+def test_structure_is_fixed():
+    packed = st.mutable(make_tree(), packed=True)
+    with pytest.raises(
+        st.StructureError, match=r"Cannot assign item 'w'.*packed\['w'\]\[\.\.\.\]"
+    ):
+        packed["w"] = jnp.zeros((2, 3))
+    single = st.mutable(Linear(1, 1), packed=True)
+    with pytest.raises(st.StructureError, match="Cannot set attribute 'kernel'"):
+        single.kernel = st.Param(jnp.ones((1, 1)))
+    with pytest.raises(TypeError, match=r"st.mutable\(tree, packed=True\)"):
+        st.Packed()
+    assert packed["w"].shape == (2, 3)  # unchanged after the refused writes
+
+
+def test_grad_through_freeze():
+    packed = st.mutable(
+        {"w": st.Param(jnp.arange(3.0)), "n": st.BatchStat(jnp.zeros(()))}, packed=True
+    )
+
+    def loss(params):
+        return jnp.sum(params["w"][...] ** 2)
+
+    grads = jax.grad(loss)(st.freeze(packed))
+    assert grads["w"][...].tolist() == [0.0, 2.0, 4.0]
+    with pytest.raises(st.RefValueError, match=r"packed tree.*st.freeze\(packed\)"):
+        jax.grad(lambda p: jnp.sum(p["w"][...]))(packed)
+
+
+def test_split_merge_keep_buffers():
+    packed = st.mutable(make_tree(), packed=True)
+    graphdef, params, rest = st.split(packed, st.Param, ...)
+    assert list(params) == [("w",)]
+    merged = st.merge(graphdef, params, rest)
+    assert isinstance(merged, st.Packed)
+    assert merged.buffers[0] is packed.buffers[0]
+    merged["w"][...] = 3.0
+    assert float(packed["w"][0, 0]) == 3.0
+
+    @jax.jit
+    def step(graphdef, params, rest_packed):
+        _, _, rest = st.split(rest_packed, st.Param, ...)
+        model = st.merge(graphdef, params, rest)
+        model["stats"][...] = jnp.sum(model["w"][...]) * jnp.ones(3)
+
+    step(graphdef, st.freeze(params), packed)
+    assert packed["stats"][...].tolist() == [18.0] * 3
+
+
+def test_state_and_update():
+    packed = st.mutable({f"v{i}": jnp.full((2,), float(i)) for i in range(6)}, packed=True)
+    # Most of the buffer at once (written whole), then a little of it (view by view).
+    st.update(packed, st.State({(f"v{i}",): jnp.full((2,), 10.0 + i) for i in range(5)}))
+    st.update(packed, st.State({("v5",): jnp.ones(2) * -1}))
+    assert [float(packed[f"v{i}"][0]) for i in range(6)] == [10, 11, 12, 13, 14, -1]
+    # The same path in two States: the last wins.
+    st.update(packed, st.State({("v0",): jnp.zeros(2)}), st.State({("v0",): jnp.ones(2)}))
+    assert packed["v0"][...].tolist() == [1.0, 1.0]
+    with pytest.raises(st.StructureError, match=r"\['v1'\]: expected float32\[2\]"):
+        st.update(packed, st.State({("v1",): jnp.zeros(3)}))
+    assert packed["v1"][...].tolist() == [11.0, 11.0]
+
+
+def test_dtypes_share_buffers_by_width():
+    tree = {
+        "f32": jnp.ones(2),
+        "i32": jnp.arange(3),
+        "bf16": jnp.ones(2, jnp.bfloat16),
+        "i16": jnp.arange(2, dtype=jnp.int16),
+        "bool": jnp.array([True, False]),
+    }
+    packed = st.mutable(tree, packed=True)
+    assert sorted(str(b.dtype) for b in packed.buffers) == ["bool", "uint16", "uint32"]
+    assert_same(st.unbox(st.freeze(packed)), tree)
+    packed["bf16"][...] = jnp.array([2.5, -1.0], jnp.bfloat16)
+    assert packed["bf16"][...].tolist() == [2.5, -1.0]
+    assert packed["i32"][...].tolist() == [0, 1, 2]
+
+
+def test_only_packs_the_chosen():
+    tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(2))}
+    packed = st.mutable(tree, only=st.Param, packed=True)
+    assert len(packed.buffers) == 1
+    assert not packed["n"].mutable  # left as it was
+    assert packed["w"].mutable
+    assert st.mutable(tree, only=st.Param, packed=True)["n"] is tree["n"]
+
+
+def test_shardings_kept():
+    packed = st.mutable({"w": jnp.ones((2, 2))}, packed=True)
+    assert packed["w"].sharding == jnp.ones(1).sharding
+    assert st.freeze(packed)["w"].sharding == jnp.ones(1).sharding
+
+
+def test_named_shardings_across_devices():
+    code = textwrap.dedent(
+        """
+        import os
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+        import jax, jax.numpy as jnp, numpy as np, statetree as st
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        mesh = jax.make_mesh((4,), ("d",))
+        rows = NamedSharding(mesh, P("d"))
+        tree = {
+            "a": jax.device_put(jnp.arange(8.0).reshape(4, 2), rows),
+            "b": jax.device_put(jnp.ones((4, 2)), rows),
+            "r": jax.device_put(jnp.ones(3), NamedSharding(mesh, P())),
+        }
+        packed = st.mutable(tree, packed=True)
+        assert len(packed.buffers) == 2, packed.buffers
+        frozen = st.freeze(packed)
+        for k in tree:
+            assert frozen[k].sharding.is_equivalent_to(tree[k].sharding, 2), k
+            assert (frozen[k] == tree[k]).all(), k
+        @jax.jit
+        def f(p):
+            p["a"][...] += 1
+        f(packed)
+        assert float(np.asarray(packed["a"][...])[3, 1]) == 8.0
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_in_place_step_allocates_no_second_copy():
+    tx = optax.adam(1e-3)
+    arrays = {"w": jnp.ones((4, 4)), "b": jnp.zeros(4)}
+
+    def functional(p, o):
+        updates, o = tx.update(jax.tree.map(jnp.ones_like, p), o, p)
+        return optax.apply_updates(p, updates), o
+
+    donated = jax.jit(functional, donate_argnums=(0, 1)).lower(arrays, tx.init(arrays))
+    donated = donated.compile().memory_analysis()
+
+    def in_place(model, opt):
+        p = st.unbox(st.freeze(model))
+        new_p, new_o = functional(p, st.unbox(st.freeze(opt)))
+        st.update(model, st.state(new_p))
+        st.update(opt, st.state(new_o))
+
+    for packed in (False, True):
+        model = st.mutable(arrays, packed=packed)
+        opt = st.mutable(tx.init(arrays), packed=packed)
+        stats = jax.jit(in_place).lower(model, opt).compile().memory_analysis()
+        state_bytes = donated.argument_size_in_bytes
+        assert stats.argument_size_in_bytes == state_bytes
+        assert stats.alias_size_in_bytes == donated.alias_size_in_bytes == state_bytes
+
+
+def test_traced_repr_and_pack_inside_jit():
+    @jax.jit
+    def f(x):
+        packed = st.mutable({"x": x}, packed=True)
+        assert "traced" in repr(packed)
+        packed["x"][...] *= 2
+        return st.unbox(st.freeze(packed))["x"]
+
+    assert f(jnp.arange(3.0)).tolist() == [0.0, 2.0, 4.0]
+
+
+def test_repack_and_tree_map():
+    packed = st.mutable(make_tree(), packed=True)
+    again = st.mutable(packed, packed=True)
+    assert again.buffers[0] is not packed.buffers[0]
+    assert_same(st.freeze(again), st.freeze(packed))
+    kept = st.mutable(packed)
+    assert isinstance(kept, st.Packed) and kept.buffers[0] is packed.buffers[0]
+    assert jax.tree.structure(packed) == jax.tree.structure(again)
