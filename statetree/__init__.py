@@ -18,6 +18,7 @@ from ._filters import Not as Not
 from ._filters import PathContains as PathContains
 from ._graph import GraphDef as GraphDef
 from ._nodes import register_node as register_node
+from ._optimizer import Optimizer as Optimizer
 from ._split import merge as merge
 from ._split import split as split
 from ._split import state as state
