@@ -9,6 +9,7 @@ and come back as one object, so a write through one path is seen through the oth
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from . import _graph, _storage
@@ -232,6 +233,10 @@ def update(tree: Any, *states: State) -> None:
     for target, new in writes:
         raw = target._raw if isinstance(target, Variable) else target
         value = new.value if isinstance(new, Variable) else _storage.read(new)
+        if isinstance(target, Variable) and not type(target).differentiable:
+            # As for direct writes: JAX refuses differentiated values written into refs
+            # under jax.grad; statistics written back after a scan inside a loss are such.
+            value = jax.lax.stop_gradient(value)
         _storage.write(raw, value)
 
 
