@@ -19,6 +19,7 @@ best of several repetitions; "compile" is trace + lower + compile of a fresh fun
 Run alone: ``python -m benchmarks.bench_scan``.
 """
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -173,80 +174,82 @@ def nnx_setup(depth: int) -> tuple[Callable[..., Any], Callable[[], tuple]] | No
 
 
 # ---------------------------------------------------------------------------- timing
-def _per_call(call: Callable[[], Any], calls: int, repeats: int) -> float:
-    jax.block_until_ready(call())
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            out = call()
-        jax.block_until_ready(out)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e3
+def _batch_ms(call: Callable[[], Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = call()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / calls * 1e3
 
 
-def _compile_ms(fn: Callable[..., Any], args: tuple, **jit_kw: Any) -> float:
+def _compile_ms(fn: Callable[..., Any], args: tuple) -> float:
     # A fresh function object each time, so no trace or compile cache is hit.
     def fresh(*a: Any) -> Any:
         return fn(*a)
 
     start = time.perf_counter()
-    jax.jit(fresh, **jit_kw).lower(*args).compile()
+    jax.jit(fresh).lower(*args).compile()
     return (time.perf_counter() - start) * 1e3
+
+
+def _impls(depth: int, x: jax.Array) -> dict[str, tuple[Callable[[], Any], Callable[[], float]]]:
+    """impl -> (one forward call, one compile measurement), each on its own stack."""
+    impls = {}
+    params, state = raw_arrays(make_stack(depth))
+    raw_jit = jax.jit(raw, donate_argnums=1)
+    box = [state]
+
+    def raw_call() -> jax.Array:
+        y, box[0] = raw_jit(params, box[0], x)
+        return y
+
+    impls["raw JAX (plain scan)"] = (raw_call, lambda: _compile_ms(raw, (params, box[0], x)))
+    for name, fn in (("statetree (recipe)", recipe), ("scan over refs (naive)", naive)):
+        stack, jitted = make_stack(depth), jax.jit(fn)
+        impls[name] = (
+            functools.partial(jitted, stack, x),
+            functools.partial(_compile_ms, fn, (stack, x)),
+        )
+    nnx = nnx_setup(depth)
+    if nnx is not None:
+        fn, make = nnx
+        args = make()
+        impls["Flax NNX"] = (
+            functools.partial(jax.jit(fn), *args, x),
+            lambda: _compile_ms(fn, (*make(), x)),
+        )
+    return impls
 
 
 def run(quick: bool) -> list[dict]:
     calls, repeats = (5, 3) if quick else (20, 10)
     x = jax.random.normal(jax.random.key(1), (BATCH, DIN))
     rows: list[dict] = []
-
-    def add(case: str, impl: str, value: float, unit: str, baseline: bool = False) -> None:
-        rows.append(
-            {
-                "workload": WORKLOAD,
-                "case": case,
-                "impl": impl,
-                "value": value,
-                "unit": unit,
-                "baseline": baseline,
-            }
-        )
-
     for depth in DEPTHS:
-        run_case, compile_case = f"{depth} layers, run", f"{depth} layers, compile"
-
-        params, state = raw_arrays(make_stack(depth))
-        raw_jit = jax.jit(raw, donate_argnums=1)
-        box = [state]
-
-        def raw_call() -> jax.Array:
-            y, box[0] = raw_jit(params, box[0], x)
-            return y
-
-        add(run_case, "raw JAX (plain scan)", _per_call(raw_call, calls, repeats), "ms", True)
-        add(compile_case, "raw JAX (plain scan)", _compile_ms(raw, (params, box[0], x)), "ms", True)
-
-        stack = make_stack(depth)
-        recipe_jit = jax.jit(recipe)
-        add(run_case, "statetree (recipe)",
-            _per_call(lambda: recipe_jit(stack, x), calls, repeats), "ms")
-        add(compile_case, "statetree (recipe)", _compile_ms(recipe, (stack, x)), "ms")
-
-        # The slow ones get fewer calls: the ranking does not need more.
-        stack = make_stack(depth)
-        naive_jit = jax.jit(naive)
-        add(run_case, "scan over refs (naive)",
-            _per_call(lambda: naive_jit(stack, x), max(2, calls // 4), repeats), "ms")
-        add(compile_case, "scan over refs (naive)", _compile_ms(naive, (stack, x)), "ms")
-
-        nnx = nnx_setup(depth)
-        if nnx is not None:
-            fn, make = nnx
-            args = make()
-            nnx_jit = jax.jit(fn)
-            add(run_case, "Flax NNX",
-                _per_call(lambda: nnx_jit(*args, x), max(2, calls // 4), repeats), "ms")
-            add(compile_case, "Flax NNX", _compile_ms(fn, (*make(), x)), "ms")
+        impls = _impls(depth, x)
+        for call, _ in impls.values():
+            jax.block_until_ready(call())  # compile and warm up
+        # Interleave the implementations, so a change in machine load hits all alike.
+        best = dict.fromkeys(impls, float("inf"))
+        for _ in range(repeats):
+            for name, (call, _) in impls.items():
+                best[name] = min(best[name], _batch_ms(call, calls))
+        for name, (_, compile_ms) in impls.items():
+            baseline = name == "raw JAX (plain scan)"
+            for case, value in (
+                (f"{depth} layers, run", best[name]),
+                (f"{depth} layers, compile", compile_ms()),
+            ):
+                rows.append(
+                    {
+                        "workload": WORKLOAD,
+                        "case": case,
+                        "impl": name,
+                        "value": value,
+                        "unit": "ms",
+                        "baseline": baseline,
+                    }
+                )
     return rows
 
 

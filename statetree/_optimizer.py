@@ -28,8 +28,7 @@ import optax
 
 from . import _graph, _storage
 from ._errors import FrozenVariableError, StructureError, format_path, format_paths
-from ._filters import filter_repr, to_predicate
-from ._filters import PathContains
+from ._filters import PathContains, filter_repr, to_predicate
 from ._graph import Path
 from ._split import state as _state
 from ._state import State
@@ -173,7 +172,9 @@ class Optimizer:
         if missing or extra:
             lines = []
             if missing:
-                lines.append("trained by this optimizer, not in the model:\n" + _path_lines(missing))
+                lines.append(
+                    "trained by this optimizer, not in the model:\n" + _path_lines(missing)
+                )
             if extra:
                 lines.append("in the model, unknown to this optimizer:\n" + _path_lines(extra))
             raise StructureError(
@@ -203,9 +204,7 @@ class Optimizer:
             assert isinstance(everything, State)
             items = everything.items()
         select = to_predicate(self.wrt)
-        found = {
-            p: g for p, g in items if not isinstance(g, Variable) or select(p, g)
-        }
+        found = {p: g for p, g in items if not isinstance(g, Variable) or select(p, g)}
         missing = [p for p in self.paths if p not in found]
         extra = [p for p in found if p not in targets]
         wrong = [
@@ -219,8 +218,9 @@ class Optimizer:
             if missing:
                 lines.append("no gradient for:\n" + _path_lines(missing))
             if extra:
-                lines.append("gradient for a path the model does not train:\n"
-                             + _path_lines(extra))
+                lines.append(
+                    "gradient for a path the model does not train:\n" + _path_lines(extra)
+                )
             if wrong:
                 lines.append("shapes differ:\n" + "\n".join(wrong))
             raise StructureError(
@@ -257,7 +257,9 @@ class Optimizer:
             )
         twice = {k: v for k, v in by_name.items() if len(v) > 1}
         if twice:
-            lines = [f"  {k}: " + ", ".join(format_path(p) for p, _ in v) for k, v in twice.items()]
+            lines = [
+                f"  {k}: " + ", ".join(format_path(p) for p, _ in v) for k, v in twice.items()
+            ]
             raise ValueError(
                 "Optimizer.hyperparams: several injected hyperparameters share a name:\n"
                 + "\n".join(lines)

@@ -99,8 +99,9 @@ def test_holds_no_model_variable_and_jit_sees_no_aliasing() -> None:
 def test_optimizer_is_a_pytree_that_freezes_and_thaws() -> None:
     model = make_model()
     optimizer = st.Optimizer(model, optax.adam(0.1))
-    optimizer.update(model, st.State({("dense", "kernel"): jnp.ones((2, 3)),
-                                      ("dense", "bias"): jnp.ones(3)}))
+    optimizer.update(
+        model, st.State({("dense", "kernel"): jnp.ones((2, 3)), ("dense", "bias"): jnp.ones(3)})
+    )
     frozen = st.freeze(optimizer)
     assert isinstance(frozen, st.Optimizer) and not frozen.step.mutable
     assert int(frozen.step[...]) == 1 and frozen.paths == optimizer.paths
@@ -165,8 +166,11 @@ def test_tx_must_be_a_gradient_transformation() -> None:
 
 
 def test_wrt_matching_nothing_is_an_error() -> None:
-    with pytest.raises(st.StructureError, match=r"wrt=Cache\): wrt matches no Variable.*"
-                       r"BatchStat, Param"):
+    with pytest.raises(
+        st.StructureError,
+        match=r"wrt=Cache\): wrt matches no Variable.*"
+        r"BatchStat, Param",
+    ):
         st.Optimizer(make_model(), optax.adam(0.1), wrt=st.Cache)
 
 
@@ -193,7 +197,9 @@ def test_frozen_model_is_refused_with_paths() -> None:
     model = make_model()
     optimizer = st.Optimizer(model, optax.adam(0.1))
     frozen = st.freeze(model)
-    with pytest.raises(st.FrozenVariableError, match=r"(?s)2 of the model's.*\['dense'\]\['bias'\]"):
+    with pytest.raises(
+        st.FrozenVariableError, match=r"(?s)2 of the model's.*\['dense'\]\['bias'\]"
+    ):
         optimizer.update(frozen, GRADS)
     assert int(optimizer.step[...]) == 0
 
@@ -204,7 +210,8 @@ def test_model_of_another_structure_is_refused() -> None:
     other = st.mutable({"dense": {"kernel": st.Param(jnp.ones((2, 3)))}, "w": st.Param(1.0)})
     with pytest.raises(
         st.StructureError,
-        match=r"(?s)not in the model:\n  \['dense'\]\['bias'\].*unknown to this optimizer:\n  \['w'\]",
+        match=r"(?s)not in the model:\n  \['dense'\]\['bias'\]"
+        r".*unknown to this optimizer:\n  \['w'\]",
     ):
         optimizer.update(other, GRADS)
 
@@ -213,7 +220,9 @@ def test_frozen_optimizer_is_refused() -> None:
     model = make_model()
     optimizer = st.freeze(st.Optimizer(model, optax.adam(0.1)))
     before = snapshot(model)
-    with pytest.raises(st.FrozenVariableError, match=r"own state is frozen.*st.mutable\(optimizer\)"):
+    with pytest.raises(
+        st.FrozenVariableError, match=r"own state is frozen.*st.mutable\(optimizer\)"
+    ):
         optimizer.update(model, GRADS)
     assert_unchanged(before, model)
 
@@ -244,6 +253,23 @@ def test_a_state_that_changes_structure_is_refused() -> None:
     model = make_model()
     optimizer = st.Optimizer(model, optax.GradientTransformation(init, update))
     before = snapshot(model, optimizer)
-    with pytest.raises(st.StructureError, match=r"returned a state with 2 arrays, but tx.init made 1"):
+    with pytest.raises(
+        st.StructureError, match=r"returned a state with 2 arrays, but tx.init made 1"
+    ):
         optimizer.update(model, GRADS)
     assert_unchanged(before, model, optimizer)
+
+
+def test_raw_refs_are_trained_in_place_and_extra_args_reach_tx() -> None:
+    model = {"w": jax.new_ref(jnp.array([1.0, 2.0]))}
+    tx = optax.chain(optax.sgd(0.5), optax.contrib.reduce_on_plateau(patience=0, factor=0.5))
+    optimizer = st.Optimizer(model, tx, wrt=...)
+    state = tx.init({"w": jnp.array([1.0, 2.0])})
+    ref = {"w": jnp.array([1.0, 2.0])}
+    for loss in (3.0, 4.0, 5.0):
+        grads = {"w": jnp.ones(2)}
+        optimizer.update(model, grads, value=jnp.float32(loss))
+        updates, state = tx.update(grads, state, ref, value=jnp.float32(loss))
+        ref = optax.apply_updates(ref, updates)
+        np.testing.assert_allclose(model["w"][...], ref["w"])
+    assert float(ref["w"][0]) != 1.0 - 3 * 0.5  # the plateau rule did scale the steps
