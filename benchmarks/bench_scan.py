@@ -13,16 +13,21 @@ computes the same numbers and leaves the new per-layer statistics and keys behin
 - "Flax NNX": the guide's way, ref-backed ``nnx`` Variables (``nnx.var_defaults(ref=True)``)
   created with ``nnx.vmap`` and scanned with ``jax.lax.scan``.
 
-"run" is the time per forward call in a loop of calls (JAX's asynchronous dispatch
-overlaps one call's Python with the previous call's computation, as in training), the
-best of several repetitions; "compile" is trace + lower + compile of a fresh function.
+Cases, per depth (8, 32, 128 layers), each the best of interleaved repetitions:
+
+- "run": time per jitted forward call, in a loop of calls. It includes JAX's dispatch,
+  which takes a slow Python path for every ``jax.Ref`` argument (~10 us each here; the
+  block has 9 Variables), a fixed cost that shows at small depths.
+- "scan only": time per forward when 20 forwards run inside one jitted call
+  (``jax.lax.fori_loop``): the scan's own cost, dispatch amortised.
+- "compile": trace + lower + compile of a fresh function (flat in depth for a scan).
 Run alone: ``python -m benchmarks.bench_scan``.
 """
 
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -192,30 +197,62 @@ def _compile_ms(fn: Callable[..., Any], args: tuple) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def _impls(depth: int, x: jax.Array) -> dict[str, tuple[Callable[[], Any], Callable[[], float]]]:
-    """impl -> (one forward call, one compile measurement), each on its own stack."""
+INNER = 20  # forward passes per call in the "scan only" case
+
+
+class _Impl(NamedTuple):
+    call: Callable[[], Any]  # one jitted forward call
+    looped: Callable[[], Any]  # one jitted call running INNER forwards in a fori_loop
+    compile_ms: Callable[[], float]
+
+
+def _looped(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``fn(*args, x)`` run INNER times in one jitted call (refs captured by the loop)."""
+
+    def many(*args_and_x: Any) -> jax.Array:
+        *args, x = args_and_x
+        return jax.lax.fori_loop(0, INNER, lambda i, x: fn(*args, x), x)
+
+    return jax.jit(many)
+
+
+def _raw_looped(params: dict, state: dict, x: jax.Array) -> tuple[jax.Array, dict]:
+    return jax.lax.fori_loop(0, INNER, lambda i, c: raw(params, c[1], c[0]), (x, state))
+
+
+def _impls(depth: int, x: jax.Array) -> dict[str, _Impl]:
+    """Each implementation on its own freshly made stack."""
     impls = {}
     params, state = raw_arrays(make_stack(depth))
     raw_jit = jax.jit(raw, donate_argnums=1)
+    raw_looped_jit = jax.jit(_raw_looped, donate_argnums=1)
     box = [state]
 
     def raw_call() -> jax.Array:
         y, box[0] = raw_jit(params, box[0], x)
         return y
 
-    impls["raw JAX (plain scan)"] = (raw_call, lambda: _compile_ms(raw, (params, box[0], x)))
+    def raw_looped_call() -> jax.Array:
+        y, box[0] = raw_looped_jit(params, box[0], x)
+        return y
+
+    impls["raw JAX (plain scan)"] = _Impl(
+        raw_call, raw_looped_call, lambda: _compile_ms(raw, (params, box[0], x))
+    )
     for name, fn in (("statetree (recipe)", recipe), ("scan over refs (naive)", naive)):
-        stack, jitted = make_stack(depth), jax.jit(fn)
-        impls[name] = (
-            functools.partial(jitted, stack, x),
+        stack = make_stack(depth)
+        impls[name] = _Impl(
+            functools.partial(jax.jit(fn), stack, x),
+            functools.partial(_looped(fn), stack, x),
             functools.partial(_compile_ms, fn, (stack, x)),
         )
     nnx = nnx_setup(depth)
     if nnx is not None:
         fn, make = nnx
         args = make()
-        impls["Flax NNX"] = (
+        impls["Flax NNX"] = _Impl(
             functools.partial(jax.jit(fn), *args, x),
+            functools.partial(_looped(fn), *args, x),
             lambda: _compile_ms(fn, (*make(), x)),
         )
     return impls
@@ -227,18 +264,20 @@ def run(quick: bool) -> list[dict]:
     rows: list[dict] = []
     for depth in DEPTHS:
         impls = _impls(depth, x)
-        for call, _ in impls.values():
-            jax.block_until_ready(call())  # compile and warm up
+        for impl in impls.values():  # compile and warm up
+            jax.block_until_ready((impl.call(), impl.looped()))
         # Interleave the implementations, so a change in machine load hits all alike.
-        best = dict.fromkeys(impls, float("inf"))
+        run = dict.fromkeys(impls, float("inf"))
+        scan = dict.fromkeys(impls, float("inf"))
         for _ in range(repeats):
-            for name, (call, _) in impls.items():
-                best[name] = min(best[name], _batch_ms(call, calls))
-        for name, (_, compile_ms) in impls.items():
-            baseline = name == "raw JAX (plain scan)"
+            for name, impl in impls.items():
+                run[name] = min(run[name], _batch_ms(impl.call, calls))
+                scan[name] = min(scan[name], _batch_ms(impl.looped, 1) / INNER)
+        for name, impl in impls.items():
             for case, value in (
-                (f"{depth} layers, run", best[name]),
-                (f"{depth} layers, compile", compile_ms()),
+                (f"{depth} layers, run", run[name]),
+                (f"{depth} layers, scan only", scan[name]),
+                (f"{depth} layers, compile", impl.compile_ms()),
             ):
                 rows.append(
                     {
@@ -247,7 +286,7 @@ def run(quick: bool) -> list[dict]:
                         "impl": name,
                         "value": value,
                         "unit": "ms",
-                        "baseline": baseline,
+                        "baseline": name == "raw JAX (plain scan)",
                     }
                 )
     return rows
