@@ -21,6 +21,7 @@ from ._filters import Not as Not
 from ._filters import PathContains as PathContains
 from ._graph import GraphDef as GraphDef
 from ._nodes import register_node as register_node
+from ._optimizer import Optimizer as Optimizer
 from ._packed import Packed as Packed
 from ._split import merge as merge
 from ._split import split as split

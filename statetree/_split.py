@@ -330,7 +330,8 @@ def update(tree: Any, *states: State) -> None:
         raw = target._raw if isinstance(target, Variable) else target
         value = new.value if isinstance(new, Variable) else _storage.read(new)
         if isinstance(target, Variable) and not type(target).differentiable:
-            # As for `v[...] = x`: a batch statistic written inside a loss under jax.grad.
+            # As for direct writes: JAX refuses differentiated values written into refs
+            # under jax.grad; statistics written back after a scan inside a loss are such.
             value = jax.lax.stop_gradient(value)
         _storage.write(raw, value)
 

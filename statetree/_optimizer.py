@@ -1,0 +1,293 @@
+"""``st.Optimizer``: optax, applied in place.
+
+An Optimizer keeps the optax state of a model's ``wrt`` Variables as mutable
+``st.OptState`` Variables, plus a step counter. It keeps **no** reference to the model's
+Variables (only their paths), so a jitted step may take both::
+
+    @jax.jit
+    def train_step(model, optimizer, x, y):
+        graphdef, params, rest = st.split(model, st.Param, ...)
+        grads = jax.grad(loss)(st.freeze(params), graphdef, rest, x, y)
+        optimizer.update(model, grads)          # writes params and optax state in place
+
+``update`` computes exactly what the functional optax loop computes
+(``updates, state = tx.update(grads, state, params)``,
+``params = optax.apply_updates(params, updates)``) and writes the results into the
+Variables instead of returning them.
+
+The trees handed to optax are ``st.State``s of arrays keyed by the model's paths, so
+optax sees one flat level of leaves in the model's order, whatever the model's pytree.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import optax
+
+from . import _graph, _storage
+from ._errors import FrozenVariableError, StructureError, format_path, format_paths
+from ._filters import PathContains, filter_repr, to_predicate
+from ._graph import Path
+from ._split import state as _state
+from ._state import State
+from ._variables import OptState, Param, Variable
+
+__all__ = ["Optimizer"]
+
+
+def _as_transformation(tx: Any) -> optax.GradientTransformation:
+    if isinstance(tx, optax.GradientTransformation):
+        return tx
+    if isinstance(tx, optax.MultiSteps):
+        return tx.gradient_transformation()
+    raise TypeError(
+        f"Optimizer(model, tx): tx must be an optax GradientTransformation (optax.adam(1e-3), "
+        f"optax.chain(...), optax.MultiSteps(...), optax.inject_hyperparams(...)(...)), got "
+        f"{type(tx).__name__}."
+    )
+
+
+def _box(tree: Any) -> Any:
+    """Every array leaf of an optax state -> a fresh mutable ``OptState``."""
+    graphdef, values = _graph.flatten(tree)
+    return _graph.unflatten(graphdef, [OptState(v, mutable=True) for v in values])
+
+
+def _writable(target: Any) -> bool:
+    return target.mutable if isinstance(target, Variable) else _storage.is_storage(target)
+
+
+def _read(value: Any) -> Any:
+    return value.value if isinstance(value, Variable) else _storage.read(value)
+
+
+def _path_lines(paths: Sequence[Path]) -> str:
+    return format_paths(list(paths))
+
+
+class Optimizer:
+    """An optax optimizer whose state lives in mutable ``st.OptState`` Variables.
+
+    Args:
+      model: any pytree holding the Variables to train.
+      tx: an optax ``GradientTransformation`` (chains, schedules,
+        ``optax.inject_hyperparams``) or an ``optax.MultiSteps``.
+      wrt: a filter (as in ``st.split``) choosing the Variables to train; default
+        ``st.Param``.
+
+    The Optimizer is a pytree: pass it to ``jax.jit`` beside the model. It holds the
+    optax state (``opt_state``, a tree of ``OptState``), the number of updates applied
+    (``step``, an ``OptState``), and, as static data, ``tx``, ``wrt`` and the paths of
+    the trained Variables. Hyperparameters injected with ``optax.inject_hyperparams``
+    are read and written in place through :attr:`hyperparams`.
+
+    >>> import jax, jax.numpy as jnp, optax, statetree as st
+    >>> model = st.mutable({"w": st.Param(jnp.ones(2))})
+    >>> optimizer = st.Optimizer(model, optax.sgd(0.5))
+    >>> optimizer.update(model, {"w": jnp.ones(2)})
+    >>> model["w"][...], int(optimizer.step[...])
+    (Array([0.5, 0.5], dtype=float32), 1)
+    """
+
+    opt_state: Any
+    step: OptState
+    tx: optax.GradientTransformation
+    wrt: Any
+    paths: tuple[Path, ...]
+
+    def __init__(self, model: Any, tx: Any, wrt: Any = Param) -> None:
+        tx = _as_transformation(tx)
+        to_predicate(wrt)  # a bad filter fails here, naming itself
+        params = _state(model, wrt)
+        assert isinstance(params, State)
+        if not len(params):
+            kinds = sorted({type(v).__name__ for v in _graph.flatten(model)[1]})
+            raise StructureError(
+                f"Optimizer(model, tx, wrt={filter_repr(wrt)}): wrt matches no Variable of "
+                f"the model, so there is nothing to train. The model holds "
+                f"{', '.join(kinds) or 'no values'}. Pass the kind (or filter) of the "
+                "Variables to train, e.g. wrt=st.Param."
+            )
+        self.paths = params.paths()
+        self.tx = tx
+        self.wrt = wrt
+        arrays = State({p: _read(v) for p, v in params.items()})
+        self.opt_state = _box(tx.init(arrays))
+        self.step = OptState(jnp.zeros((), jnp.int32), mutable=True)
+
+    # ------------------------------------------------------------------ update
+    def update(self, model: Any, grads: Any, **extra_args: Any) -> None:
+        """Apply one optax step in place: the model's ``wrt`` Variables, ``opt_state``
+        and ``step`` are written; nothing is returned.
+
+        ``grads`` holds one gradient per trained Variable, keyed by the same paths: what
+        ``jax.grad`` returns for ``st.freeze(params)`` (a State of Variables), a State of
+        arrays, or any tree of arrays whose paths are the model's (Variables of kinds that
+        ``wrt`` does not select are ignored, so gradients of the whole frozen model work).
+        ``extra_args`` go to ``tx.update`` (e.g. ``value=loss`` for optax transforms that
+        need it). Every check runs before the first write: on error nothing changes.
+        """
+        targets = self._targets(model)
+        owned = _graph.flatten((self.opt_state, self.step))[1]
+        frozen_own = [v for v in owned if not _writable(v)]
+        if frozen_own:
+            raise FrozenVariableError(
+                f"Optimizer.update: the optimizer's own state is frozen ({len(frozen_own)} "
+                "OptState Variable(s)), so it cannot be updated in place. It was probably "
+                "passed through st.freeze; use st.mutable(optimizer) to get a mutable one."
+            )
+        gradients = self._gradients(grads, targets)
+        params = State({p: _read(targets[p]) for p in self.paths})
+        state_def, state_vars = _graph.flatten(self.opt_state)
+        current = _graph.unflatten(state_def, [v.value for v in state_vars])
+        updates, new_state = self.tx.update(gradients, current, params, **extra_args)
+        new_params = optax.apply_updates(params, updates)
+        new_values = _graph.flatten(new_state)[1]
+        if len(new_values) != len(state_vars):
+            raise StructureError(
+                f"Optimizer.update: tx.update returned a state with {len(new_values)} "
+                f"arrays, but tx.init made {len(state_vars)}. The optax state must keep "
+                "its structure from step to step."
+            )
+        for path, new in zip(self.paths, new_params.values(), strict=True):
+            target = targets[path]
+            if isinstance(target, Variable):
+                target.value = new
+            else:
+                _storage.write(target, jnp.asarray(new, target.dtype))
+        for var, new in zip(state_vars, new_values, strict=True):
+            var.value = new
+        self.step[...] += 1
+
+    def _targets(self, model: Any) -> dict[Path, Any]:
+        """The model's ``wrt`` Variables by path, checked against this optimizer."""
+        params = _state(model, self.wrt)
+        assert isinstance(params, State)
+        found = dict(params.items())
+        expected = set(self.paths)
+        missing = [p for p in self.paths if p not in found]
+        extra = [p for p in found if p not in expected]
+        if missing or extra:
+            lines = []
+            if missing:
+                lines.append(
+                    "trained by this optimizer, not in the model:\n" + _path_lines(missing)
+                )
+            if extra:
+                lines.append("in the model, unknown to this optimizer:\n" + _path_lines(extra))
+            raise StructureError(
+                f"Optimizer.update(model, grads): the model's wrt={filter_repr(self.wrt)} "
+                "Variables are not the ones this optimizer was created for.\n"
+                + "\n".join(lines)
+                + "\nPass the model the optimizer was built with (st.Optimizer(model, tx)); "
+                "after changing the model's structure, build a new optimizer."
+            )
+        frozen = [p for p in self.paths if not _writable(found[p])]
+        if frozen:
+            raise FrozenVariableError(
+                f"Optimizer.update: {len(frozen)} of the model's trained Variables are "
+                "frozen, so they cannot be updated in place:\n"
+                + _path_lines(frozen)
+                + "\nPass the mutable model (model = st.mutable(model)), not "
+                "st.freeze(model); differentiate a frozen copy of the params instead."
+            )
+        return found
+
+    def _gradients(self, grads: Any, targets: dict[Path, Any]) -> State:
+        """``grads`` as a State of arrays in this optimizer's path order."""
+        if isinstance(grads, State):
+            items = grads.items()
+        else:
+            everything = _state(grads)
+            assert isinstance(everything, State)
+            items = everything.items()
+        select = to_predicate(self.wrt)
+        found = {p: g for p, g in items if not isinstance(g, Variable) or select(p, g)}
+        missing = [p for p in self.paths if p not in found]
+        extra = [p for p in found if p not in targets]
+        wrong = [
+            f"  {format_path(p)}: gradient {tuple(jnp.shape(found[p]))}, "
+            f"Variable {tuple(targets[p].shape)}"
+            for p in self.paths
+            if p in found and tuple(jnp.shape(found[p])) != tuple(targets[p].shape)
+        ]
+        if missing or extra or wrong:
+            lines = []
+            if missing:
+                lines.append("no gradient for:\n" + _path_lines(missing))
+            if extra:
+                lines.append(
+                    "gradient for a path the model does not train:\n" + _path_lines(extra)
+                )
+            if wrong:
+                lines.append("shapes differ:\n" + "\n".join(wrong))
+            raise StructureError(
+                "Optimizer.update(model, grads): grads do not match the model's "
+                f"wrt={filter_repr(self.wrt)} Variables.\n"
+                + "\n".join(lines)
+                + "\nDifferentiate with respect to the split params: "
+                "graphdef, params, rest = st.split(model, wrt, ...); "
+                "grads = jax.grad(loss)(st.freeze(params), ...)."
+            )
+        return State({p: _read(found[p]) for p in self.paths})
+
+    # ------------------------------------------------------------------ hyperparameters
+    @property
+    def hyperparams(self) -> dict[str, OptState]:
+        """The hyperparameters injected with ``optax.inject_hyperparams``, by name, as the
+        ``OptState`` Variables that hold them: read ``h["learning_rate"][...]``, write
+        ``h["learning_rate"][...] = 1e-4`` (in place, also inside ``jax.jit``).
+
+        A hyperparameter given as a schedule is recomputed from the step count on every
+        update; writing it has no lasting effect.
+        """
+        found = _state(self.opt_state, PathContains("hyperparams"))
+        assert isinstance(found, State)
+        by_name: dict[str, list[tuple[Path, Any]]] = {}
+        for path, var in found.items():
+            if path[-2:-1] == ("hyperparams",):
+                by_name.setdefault(str(path[-1]), []).append((path, var))
+        if not by_name:
+            raise AttributeError(
+                "Optimizer.hyperparams: this optimizer's tx has no injected "
+                "hyperparameters. Wrap the optax constructor to make them state: "
+                "optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)."
+            )
+        twice = {k: v for k, v in by_name.items() if len(v) > 1}
+        if twice:
+            lines = [
+                f"  {k}: " + ", ".join(format_path(p) for p, _ in v) for k, v in twice.items()
+            ]
+            raise ValueError(
+                "Optimizer.hyperparams: several injected hyperparameters share a name:\n"
+                + "\n".join(lines)
+                + "\nRead them from optimizer.opt_state, where each has its own place."
+            )
+        return {k: v[0][1] for k, v in by_name.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"Optimizer(wrt={filter_repr(self.wrt)}, {len(self.paths)} Variable(s), "
+            f"step={self.step!r})"
+        )
+
+
+def _flatten_with_keys(opt: Optimizer) -> tuple[Any, Any]:
+    children = ((jtu.GetAttrKey("opt_state"), opt.opt_state), (jtu.GetAttrKey("step"), opt.step))
+    return children, (opt.tx, opt.wrt, opt.paths)
+
+
+def _flatten(opt: Optimizer) -> tuple[Any, Any]:
+    return (opt.opt_state, opt.step), (opt.tx, opt.wrt, opt.paths)
+
+
+def _unflatten(aux: Any, children: Any) -> Optimizer:
+    opt = object.__new__(Optimizer)
+    opt.tx, opt.wrt, opt.paths = aux
+    opt.opt_state, opt.step = children
+    return opt
+
+
+jtu.register_pytree_with_keys(Optimizer, _flatten_with_keys, _unflatten, _flatten)

@@ -1,0 +1,275 @@
+"""st.Optimizer: in-place optax steps equal to the functional optax loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import statetree as st
+
+
+def make_model() -> dict:
+    """A small mutable model: two Params in nested containers, one BatchStat."""
+    return st.mutable(
+        {
+            "dense": {
+                "kernel": st.Param(jnp.arange(6.0).reshape(2, 3) / 6),
+                "bias": st.Param(jnp.full(3, 0.5)),
+            },
+            "stats": [st.BatchStat(jnp.zeros(3))],
+        }
+    )
+
+
+def loss_fn(params: dict, x: jax.Array) -> jax.Array:
+    out = x @ params["dense"]["kernel"] + params["dense"]["bias"]
+    return jnp.sum(jnp.sin(out) ** 2)
+
+
+X = jnp.linspace(-1.0, 1.0, 8).reshape(4, 2)
+
+
+@jax.jit
+def train_step(model: dict, optimizer: st.Optimizer, x: jax.Array) -> jax.Array:
+    graphdef, params, rest = st.split(model, st.Param, ...)
+
+    def loss(params: st.State) -> jax.Array:
+        m = st.merge(graphdef, params, rest)
+        m["stats"][0][...] += 1.0  # a non-differentiable write inside the loss
+        return loss_fn(m, x)
+
+    value, grads = jax.value_and_grad(loss)(st.freeze(params))
+    optimizer.update(model, grads)
+    return value
+
+
+TRANSFORMS = {
+    "adam": lambda: optax.adam(0.1),
+    "chain-clip-adamw": lambda: optax.chain(
+        optax.clip_by_global_norm(0.5), optax.adamw(0.05, weight_decay=0.1)
+    ),
+    "sgd-schedule": lambda: optax.sgd(optax.exponential_decay(0.3, 1, 0.5), momentum=0.9),
+    "multisteps": lambda: optax.MultiSteps(optax.adam(0.1), every_k_schedule=2),
+    "inject-hyperparams": lambda: optax.inject_hyperparams(optax.rmsprop)(learning_rate=0.05),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_matches_functional_optax_step_for_step(name: str) -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, TRANSFORMS[name]())
+
+    tx = TRANSFORMS[name]()
+    params = st.unbox(st.freeze(model))
+    del params["stats"]
+    state = tx.init(params)
+    for step in range(4):
+        loss = train_step(model, optimizer, X)
+        ref_loss, grads = jax.value_and_grad(loss_fn)(params, X)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+        for key in ("kernel", "bias"):
+            np.testing.assert_allclose(
+                model["dense"][key][...], params["dense"][key], rtol=1e-6, atol=1e-7
+            )
+        assert int(optimizer.step[...]) == step + 1
+    # The optimizer's state equals optax's, array for array.
+    ours = jax.tree.leaves(st.unbox(optimizer.opt_state))
+    np.testing.assert_allclose(
+        np.concatenate([np.ravel(a) for a in ours]),
+        np.concatenate([np.ravel(a) for a in jax.tree.leaves(state)]),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    assert float(model["stats"][0][0]) == 4.0
+
+
+def test_holds_no_model_variable_and_jit_sees_no_aliasing() -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.adam(0.1))
+    assert st.find_aliases((model, optimizer)) == []
+    model_ids = {id(v) for v in st.state(model).values()}
+    assert not model_ids & {id(v) for v in st.state(optimizer).values()}
+    assert all(isinstance(v, st.OptState) and v.mutable for v in st.state(optimizer).values())
+    train_step(model, optimizer, X)  # would raise on aliasing
+
+
+def test_optimizer_is_a_pytree_that_freezes_and_thaws() -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.adam(0.1))
+    optimizer.update(
+        model, st.State({("dense", "kernel"): jnp.ones((2, 3)), ("dense", "bias"): jnp.ones(3)})
+    )
+    frozen = st.freeze(optimizer)
+    assert isinstance(frozen, st.Optimizer) and not frozen.step.mutable
+    assert int(frozen.step[...]) == 1 and frozen.paths == optimizer.paths
+    thawed = st.mutable(frozen)
+    thawed.update(model, {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}})
+    assert int(thawed.step[...]) == 2 and int(optimizer.step[...]) == 1
+
+
+def test_grads_of_the_whole_frozen_model_are_accepted() -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.sgd(1.0))
+    grads = jax.tree.map(jnp.ones_like, st.freeze(model))  # BatchStat grads included
+    optimizer.update(model, grads)
+    np.testing.assert_allclose(model["dense"]["bias"][...], jnp.full(3, -0.5))
+    assert float(model["stats"][0][0]) == 0.0
+
+
+def test_wrt_selects_by_path() -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.sgd(1.0), wrt=st.PathContains("bias"))
+    assert optimizer.paths == (("dense", "bias"),)
+    optimizer.update(model, st.State({("dense", "bias"): jnp.ones(3)}))
+    np.testing.assert_allclose(model["dense"]["bias"][...], jnp.full(3, -0.5))
+    np.testing.assert_allclose(model["dense"]["kernel"][...], jnp.arange(6.0).reshape(2, 3) / 6)
+
+
+def test_hyperparams_read_and_set_in_place() -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.inject_hyperparams(optax.sgd)(learning_rate=0.1))
+    lr = optimizer.hyperparams["learning_rate"]
+    assert isinstance(lr, st.OptState) and float(lr[...]) == pytest.approx(0.1)
+
+    @jax.jit
+    def set_lr(optimizer: st.Optimizer, value: jax.Array) -> None:
+        optimizer.hyperparams["learning_rate"][...] = value
+
+    set_lr(optimizer, jnp.float32(0.0))
+    before = np.asarray(model["dense"]["kernel"][...])
+    train_step(model, optimizer, X)
+    np.testing.assert_array_equal(model["dense"]["kernel"][...], before)
+    lr[...] = 1.0
+    train_step(model, optimizer, X)
+    assert not np.allclose(model["dense"]["kernel"][...], before)
+
+
+# ---------------------------------------------------------------------- errors teach
+GRADS = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}}
+
+
+def snapshot(*trees: object) -> list[np.ndarray]:
+    return [np.asarray(a) for a in jax.tree.leaves(st.unbox(trees))]
+
+
+def assert_unchanged(before: list[np.ndarray], *trees: object) -> None:
+    for a, b in zip(before, snapshot(*trees), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tx_must_be_a_gradient_transformation() -> None:
+    with pytest.raises(TypeError, match=r"tx must be an optax GradientTransformation"):
+        st.Optimizer(make_model(), optax.adam)
+
+
+def test_wrt_matching_nothing_is_an_error() -> None:
+    with pytest.raises(
+        st.StructureError,
+        match=r"wrt=Cache\): wrt matches no Variable.*"
+        r"BatchStat, Param",
+    ):
+        st.Optimizer(make_model(), optax.adam(0.1), wrt=st.Cache)
+
+
+def test_wrt_must_be_a_filter() -> None:
+    with pytest.raises(TypeError, match=r"Not a filter: 3"):
+        st.Optimizer(make_model(), optax.adam(0.1), wrt=3)
+
+
+def test_grads_with_missing_extra_and_misshaped_paths_are_named() -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.adam(0.1))
+    before = snapshot(model, optimizer)
+    bad = {"dense": {"kernel": jnp.ones((3, 2)), "scale": jnp.ones(3)}}
+    with pytest.raises(
+        st.StructureError,
+        match=r"(?s)no gradient for:\n  \['dense'\]\['bias'\].*does not train:\n"
+        r"  \['dense'\]\['scale'\].*\['dense'\]\['kernel'\]: gradient \(3, 2\), Variable \(2, 3\)",
+    ):
+        optimizer.update(model, bad)
+    assert_unchanged(before, model, optimizer)
+
+
+def test_frozen_model_is_refused_with_paths() -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.adam(0.1))
+    frozen = st.freeze(model)
+    with pytest.raises(
+        st.FrozenVariableError, match=r"(?s)2 of the model's.*\['dense'\]\['bias'\]"
+    ):
+        optimizer.update(frozen, GRADS)
+    assert int(optimizer.step[...]) == 0
+
+
+def test_model_of_another_structure_is_refused() -> None:
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.adam(0.1))
+    other = st.mutable({"dense": {"kernel": st.Param(jnp.ones((2, 3)))}, "w": st.Param(1.0)})
+    with pytest.raises(
+        st.StructureError,
+        match=r"(?s)not in the model:\n  \['dense'\]\['bias'\]"
+        r".*unknown to this optimizer:\n  \['w'\]",
+    ):
+        optimizer.update(other, GRADS)
+
+
+def test_frozen_optimizer_is_refused() -> None:
+    model = make_model()
+    optimizer = st.freeze(st.Optimizer(model, optax.adam(0.1)))
+    before = snapshot(model)
+    with pytest.raises(
+        st.FrozenVariableError, match=r"own state is frozen.*st.mutable\(optimizer\)"
+    ):
+        optimizer.update(model, GRADS)
+    assert_unchanged(before, model)
+
+
+def test_hyperparams_without_injection() -> None:
+    optimizer = st.Optimizer(make_model(), optax.adam(0.1))
+    with pytest.raises(AttributeError, match=r"optax.inject_hyperparams"):
+        optimizer.hyperparams
+
+
+def test_hyperparams_with_a_name_twice() -> None:
+    tx = optax.chain(
+        optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+        optax.inject_hyperparams(optax.sgd)(learning_rate=0.2),
+    )
+    optimizer = st.Optimizer(make_model(), tx)
+    with pytest.raises(ValueError, match=r"share a name:\n  learning_rate: \[0\].*\[1\]"):
+        optimizer.hyperparams
+
+
+def test_a_state_that_changes_structure_is_refused() -> None:
+    def init(params: object) -> dict:
+        return {"a": jnp.zeros(())}
+
+    def update(updates: object, state: object, params: object = None) -> tuple:
+        return updates, {"a": jnp.zeros(()), "b": jnp.zeros(())}
+
+    model = make_model()
+    optimizer = st.Optimizer(model, optax.GradientTransformation(init, update))
+    before = snapshot(model, optimizer)
+    with pytest.raises(
+        st.StructureError, match=r"returned a state with 2 arrays, but tx.init made 1"
+    ):
+        optimizer.update(model, GRADS)
+    assert_unchanged(before, model, optimizer)
+
+
+def test_raw_refs_are_trained_in_place_and_extra_args_reach_tx() -> None:
+    model = {"w": jax.new_ref(jnp.array([1.0, 2.0]))}
+    tx = optax.chain(optax.sgd(0.5), optax.contrib.reduce_on_plateau(patience=0, factor=0.5))
+    optimizer = st.Optimizer(model, tx, wrt=...)
+    state = tx.init({"w": jnp.array([1.0, 2.0])})
+    ref = {"w": jnp.array([1.0, 2.0])}
+    for loss in (3.0, 4.0, 5.0):
+        grads = {"w": jnp.ones(2)}
+        optimizer.update(model, grads, value=jnp.float32(loss))
+        updates, state = tx.update(grads, state, ref, value=jnp.float32(loss))
+        ref = optax.apply_updates(ref, updates)
+        np.testing.assert_allclose(model["w"][...], ref["w"])
+    assert float(ref["w"][0]) != 1.0 - 3 * 0.5  # the plateau rule did scale the steps
