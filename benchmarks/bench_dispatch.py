@@ -23,8 +23,9 @@ per-step figure is that loop's wall time over ``steps`` (dispatch included, as i
 training loop), the minimum over repeats.
 """
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -190,13 +191,10 @@ def _assign(var: Any, value: Any) -> None:
     var[...] = value
 
 
-def run(quick: bool) -> list[dict]:
-    cases = [
-        ("MLP 2-64-3, batch 10", _mlp),
-        ("10 Variables (8x8)", lambda: _many(10)),
-        ("100 Variables (8x8)", lambda: _many(100)),
-        ("1,000 Variables (8x8)", lambda: _many(1000)),
-    ]
+def run(quick: bool, *, counts: Sequence[int] = (10, 100, 1000)) -> list[dict]:
+    """Rows for the tiny MLP and for models of ``counts`` Variables."""
+    cases: list[tuple[str, Any]] = [("MLP 2-64-3, batch 10", _mlp)]
+    cases += [(f"{n:,} Variables (8x8)", functools.partial(_many, n)) for n in counts]
     repeats = 3 if quick else 7
     rows: list[dict] = []
     for case, make in cases:

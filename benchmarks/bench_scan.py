@@ -26,7 +26,7 @@ Run alone: ``python -m benchmarks.bench_scan``.
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -258,11 +258,12 @@ def _impls(depth: int, x: jax.Array) -> dict[str, _Impl]:
     return impls
 
 
-def run(quick: bool) -> list[dict]:
+def run(quick: bool, *, depths: Sequence[int] = DEPTHS) -> list[dict]:
+    """Rows for each depth (layers) in ``depths``."""
     calls, repeats = (5, 3) if quick else (20, 10)
     x = jax.random.normal(jax.random.key(1), (BATCH, DIN))
     rows: list[dict] = []
-    for depth in DEPTHS:
+    for depth in depths:
         impls = _impls(depth, x)
         for impl in impls.values():  # compile and warm up
             jax.block_until_ready((impl.call(), impl.looped()))

@@ -20,6 +20,8 @@ from benchmarks import _harness  # noqa: E402
 TINY: dict[str, dict[str, Any]] = {
     "benchmarks.bench_split_merge": {"sizes": (3,)},
     "benchmarks.bench_memory": {"depth": 2, "width": 32},
+    "benchmarks.bench_dispatch": {"counts": (3,)},
+    "benchmarks.bench_scan": {"depths": (2,)},
 }
 OURS = set(TINY)
 
@@ -87,7 +89,9 @@ def test_memory_in_place_keeps_one_copy(results: dict[str, list[dict[str, Any]]]
         assert value(impl, ": aliased") >= state_mib, impl
     assert value("functional jit, no donation", ": aliased") == 0
     donated = value("functional jit, donated", "live (args+outs-aliased)")
-    assert value("statetree (in place)", "live (args+outs-aliased)") == donated
+    # Equal up to scalars (st.Optimizer's step counter): far below a second copy.
+    in_place = value("statetree (in place)", "live (args+outs-aliased)")
+    assert abs(in_place - donated) < 0.01 * state_mib
     assert value("functional jit, no donation", "live (args+outs-aliased)") > 1.9 * donated
 
 
