@@ -83,12 +83,13 @@ class Optimizer:
     the trained Variables. Hyperparameters injected with ``optax.inject_hyperparams``
     are read and written in place through :attr:`hyperparams`.
 
-    >>> import jax, jax.numpy as jnp, optax, statetree as st
-    >>> model = st.mutable({"w": st.Param(jnp.ones(2))})
-    >>> optimizer = st.Optimizer(model, optax.sgd(0.5))
-    >>> optimizer.update(model, {"w": jnp.ones(2)})
-    >>> model["w"][...], int(optimizer.step[...])
-    (Array([0.5, 0.5], dtype=float32), 1)
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, statetree as st
+      >>> model = st.mutable({"w": st.Param(jnp.ones(2))})
+      >>> optimizer = st.Optimizer(model, optax.sgd(0.5))
+      >>> optimizer.update(model, {"w": jnp.ones(2)})
+      >>> model["w"][...], int(optimizer.step[...])
+      (Array([0.5, 0.5], dtype=float32), 1)
     """
 
     opt_state: Any

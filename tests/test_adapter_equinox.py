@@ -354,8 +354,6 @@ def test_mlp_training_matches_equinox(mlp_data: tuple) -> None:
 
 
 def test_mlp_training_with_st_optimizer_matches_equinox(mlp_data: tuple) -> None:
-    if not hasattr(st, "Optimizer"):
-        pytest.skip("st.Optimizer is not on this branch yet")
     mlp, x, y = mlp_data
     want_losses, want_model = eqx_mlp_training(mlp, x, y)
     model = eqxst.mutable(mlp)
@@ -441,8 +439,6 @@ def test_batchnorm_cnn_training_matches_equinox(
 def test_batchnorm_cnn_training_with_st_optimizer_matches_equinox(
     cnn_and_state: tuple[CNN, eqx.nn.State], cnn_reference: tuple
 ) -> None:
-    if not hasattr(st, "Optimizer"):
-        pytest.skip("st.Optimizer is not on this branch yet")
     x, y = cnn_reference[:2]
     model, state = eqxst.mutable(cnn_and_state)
     optimizer = st.Optimizer(model, TX, wrt=st.Param)
