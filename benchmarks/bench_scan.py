@@ -93,9 +93,9 @@ class Block:
         return self.linear_out(jax.nn.gelu(self.dropout(self.bn(self.linear(x)))))
 
 
-def make_stack(depth: int) -> Block:
+def make_stack(depth: int, packed: bool = False) -> Block:
     keys = jax.random.split(jax.random.key(0), depth)
-    return st.mutable(jax.jit(jax.vmap(Block))(keys))
+    return st.mutable(jax.jit(jax.vmap(Block))(keys), packed=packed)
 
 
 def recipe(stack: Block, x: jax.Array) -> jax.Array:
@@ -239,8 +239,12 @@ def _impls(depth: int, x: jax.Array) -> dict[str, _Impl]:
     impls["raw JAX (plain scan)"] = _Impl(
         raw_call, raw_looped_call, lambda: _compile_ms(raw, (params, box[0], x))
     )
-    for name, fn in (("statetree (recipe)", recipe), ("scan over refs (naive)", naive)):
-        stack = make_stack(depth)
+    for name, fn, packed in (
+        ("statetree (recipe)", recipe, False),
+        ("statetree (recipe, packed stack)", recipe, True),
+        ("scan over refs (naive)", naive, False),
+    ):
+        stack = make_stack(depth, packed)
         impls[name] = _Impl(
             functools.partial(jax.jit(fn), stack, x),
             functools.partial(_looped(fn), stack, x),
