@@ -122,6 +122,21 @@ def _statetree_optimizer(quick: bool) -> float:
     return _time_us(lambda: step(model, optimizer, x, y), quick)
 
 
+def _statetree_packed(quick: bool) -> float:
+    """The same step on a packed model and a packed optimizer: a few buffers to dispatch."""
+    mlp, x, y, tx = _data()
+    model = st.mutable(eqxst.mutable(mlp), packed=True)
+    optimizer = st.Optimizer(model, tx, wrt=st.Param, packed=True)
+
+    @jax.jit
+    def step(model: Any, optimizer: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+        _, grads, loss = _grads(model, x, y)
+        optimizer.update(model, grads)
+        return loss
+
+    return _time_us(lambda: step(model, optimizer, x, y), quick)
+
+
 def _statetree_optax(quick: bool) -> float:
     mlp, x, y, tx = _data()
     model = eqxst.mutable(mlp)
@@ -173,8 +188,8 @@ def run(quick: bool) -> list[dict]:
     ]
     floor, n = _ref_floor(quick)
     rows.append(row(f"floor: jax.jit no-op taking {n} raw jax.Refs", floor))
-    if hasattr(st, "Optimizer"):
-        rows.append(row("statetree (jax.jit in place, st.Optimizer)", _statetree_optimizer(quick)))
+    rows.append(row("statetree (jax.jit in place, st.Optimizer)", _statetree_optimizer(quick)))
+    rows.append(row("statetree (in place, packed model + optimizer)", _statetree_packed(quick)))
     return rows
 
 

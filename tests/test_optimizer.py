@@ -273,3 +273,25 @@ def test_raw_refs_are_trained_in_place_and_extra_args_reach_tx() -> None:
         ref = optax.apply_updates(ref, updates)
         np.testing.assert_allclose(model["w"][...], ref["w"])
     assert float(ref["w"][0]) != 1.0 - 3 * 0.5  # the plateau rule did scale the steps
+
+
+def test_packed_model_and_optimizer_match_the_plain_ones() -> None:
+    plain_model, packed_model = make_model(), st.mutable(make_model(), packed=True)
+    tx = optax.adam(0.1)
+    plain_opt = st.Optimizer(plain_model, tx)
+    packed_opt = st.Optimizer(packed_model, tx, packed=True)
+    # A few buffers instead of a Ref per moment: what makes the jitted step dispatch fast.
+    assert len(jax.tree_util.tree_leaves(packed_opt)) < len(jax.tree_util.tree_leaves(plain_opt))
+    for _ in range(3):
+        np.testing.assert_allclose(
+            train_step(packed_model, packed_opt, X),
+            train_step(plain_model, plain_opt, X),
+            rtol=1e-6,
+        )
+    for a, b in zip(
+        jax.tree_util.tree_leaves(st.unbox(st.freeze(packed_model))),
+        jax.tree_util.tree_leaves(st.unbox(st.freeze(plain_model))),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert int(packed_opt.step[...]) == 3
