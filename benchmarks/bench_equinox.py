@@ -108,25 +108,12 @@ def _grads(model: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]
     return params, grads, loss
 
 
-def _statetree_optimizer(quick: bool) -> float:
+def _statetree_optimizer(quick: bool, packed: bool = False) -> float:
+    """The in-place step with ``st.Optimizer``; ``packed`` packs the model and the
+    optimizer state into a few buffers, so jit dispatches a few Refs."""
     mlp, x, y, tx = _data()
-    model = eqxst.mutable(mlp)
-    optimizer = st.Optimizer(model, tx, wrt=st.Param)
-
-    @jax.jit
-    def step(model: Any, optimizer: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-        _, grads, loss = _grads(model, x, y)
-        optimizer.update(model, grads)
-        return loss
-
-    return _time_us(lambda: step(model, optimizer, x, y), quick)
-
-
-def _statetree_packed(quick: bool) -> float:
-    """The same step on a packed model and a packed optimizer: a few buffers to dispatch."""
-    mlp, x, y, tx = _data()
-    model = st.mutable(eqxst.mutable(mlp), packed=True)
-    optimizer = st.Optimizer(model, tx, wrt=st.Param, packed=True)
+    model = st.mutable(eqxst.mutable(mlp), packed=packed)
+    optimizer = st.Optimizer(model, tx, wrt=st.Param, packed=packed)
 
     @jax.jit
     def step(model: Any, optimizer: Any, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -189,7 +176,12 @@ def run(quick: bool) -> list[dict]:
     floor, n = _ref_floor(quick)
     rows.append(row(f"floor: jax.jit no-op taking {n} raw jax.Refs", floor))
     rows.append(row("statetree (jax.jit in place, st.Optimizer)", _statetree_optimizer(quick)))
-    rows.append(row("statetree (in place, packed model + optimizer)", _statetree_packed(quick)))
+    rows.append(
+        row(
+            "statetree (in place, packed model + optimizer)",
+            _statetree_optimizer(quick, packed=True),
+        )
+    )
     return rows
 
 

@@ -22,9 +22,14 @@ Filter = t.Any  # a class, ..., PathContains, Any/All/Not, or a predicate (see a
 
 
 class _Combinator:
-    __slots__ = ("filters",)
+    __slots__ = ("_predicates", "filters")
 
     filters: tuple[t.Any, ...]
+
+    def __init__(self, *filters: object) -> None:
+        # Checked and turned into predicates once: a bad filter fails here, naming itself.
+        self._predicates = tuple(map(to_predicate, filters))
+        self.filters = filters
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.filters == other.filters  # type: ignore[attr-defined]
@@ -90,13 +95,8 @@ class Any(_Combinator):
 
     __slots__ = ()
 
-    def __init__(self, *filters: object) -> None:
-        for f in filters:
-            to_predicate(f)
-        self.filters = filters
-
     def __call__(self, path: tuple[object, ...], value: object) -> bool:
-        return any(to_predicate(f)(path, value) for f in self.filters)
+        return any(p(path, value) for p in self._predicates)
 
 
 class All(_Combinator):
@@ -117,13 +117,8 @@ class All(_Combinator):
 
     __slots__ = ()
 
-    def __init__(self, *filters: object) -> None:
-        for f in filters:
-            to_predicate(f)
-        self.filters = filters
-
     def __call__(self, path: tuple[object, ...], value: object) -> bool:
-        return all(to_predicate(f)(path, value) for f in self.filters)
+        return all(p(path, value) for p in self._predicates)
 
 
 class Not(_Combinator):
