@@ -369,7 +369,16 @@ class _Flattener:
 def flatten(tree: Any) -> tuple[GraphDef, list[Any]]:
     """``tree`` -> ``(graphdef, values)``; each shared Variable/Ref/node appears once."""
     f = _Flattener()
-    leaves, treedef = jtu.tree_flatten(tree, is_leaf=f.is_leaf)
+    mark = next(_nodes.VISITS)
+    _nodes.WATCH.seen = set()
+    try:
+        leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
+    finally:
+        _nodes.WATCH.seen = None
+    if next(_nodes.VISITS) != mark + 1:
+        # JAX flattened a registered node: flatten again, stopping at nodes to keep
+        # their identity (see `_nodes.VISITS`).
+        leaves, treedef = jtu.tree_flatten(tree, is_leaf=f.is_leaf)
     types = tuple(map(type, leaves))
     if _identity_hashed(set(types)):
         return _flatten_variables(leaves, treedef, types)  # the common case: only Variables

@@ -11,6 +11,8 @@ attribute is static: it is kept in the tree structure and takes part in its equa
 so in jit's cache key). Subclasses of a registered class are registered when defined.
 """
 
+import itertools
+import threading
 import types
 from typing import Any, TypeVar
 
@@ -122,12 +124,49 @@ def node_rebuild(aux: tuple[Any, ...], data: Any) -> Any:
     return obj
 
 
+# Ticks each time JAX flattens a node (a C-level counter: nearly free). statetree's
+# traversal flattens with a C-level `is_leaf` that stops at Variables only, and redoes
+# the flatten stopping at nodes only when the count moved, i.e. the tree has nodes: a
+# registered class elsewhere in the program costs trees without nodes nothing.
+VISITS = itertools.count()
+
+
+class _Watch(threading.local):
+    """While statetree's first, node-blind flatten runs: the nodes it has met."""
+
+    seen: set[int] | None = None
+
+
+WATCH = _Watch()
+_CUT = (None, ())  # aux data of a node cut short; that flatten's result is discarded
+
+
+def _first_visit(obj: Any) -> bool:
+    """Count a visit; False when the node-blind flatten meets ``obj`` again (a shared
+    node, or a cycle that would otherwise recurse until Python's limit). Cutting the
+    node short, rather than raising, matters: JAX's C++ flatten does not unwind
+    Python's recursion counter when a flatten function raises."""
+    next(VISITS)
+    seen = WATCH.seen
+    if seen is None:
+        return True
+    key = id(obj)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
 def _flatten_with_keys(obj: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    if not _first_visit(obj):
+        return [], _CUT
     data, aux = node_children(obj)
     return [(jtu.GetAttrKey(k), v) for k, v in data.items()], (aux, tuple(data))
 
 
 def _flatten(obj: Any) -> tuple[list[Any], Any]:
+    if not _first_visit(obj):
+        return [], _CUT
     data, aux = node_children(obj)
     return list(data.values()), (aux, tuple(data))
 

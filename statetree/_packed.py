@@ -222,6 +222,7 @@ class Packed:
 
 # -------------------------------------------------------------------- JAX pytree
 def _flatten(p: Packed) -> tuple[list[Any], _Layout]:
+    next(_nodes.VISITS)  # a statetree node: see _nodes.VISITS
     return p._leaves, p._layout
 
 

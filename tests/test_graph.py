@@ -79,3 +79,28 @@ def test_paths_of_custom_pytrees_without_keys() -> None:
     graphdef, state = st.split({"p": Pair(st.Param(jnp.ones(1)), jnp.zeros(1))})
     assert list(state) == [("p", 0), ("p", 1)]
     assert isinstance(st.merge(graphdef, state)["p"], Pair)
+
+
+def test_cycles_are_reported_again_and_again_without_harm() -> None:
+    # statetree's first flatten is node-blind; a cycle is cut short there (not raised
+    # from inside JAX's flatten, which would leak Python's recursion counter).
+    a, b = Cell(1.0), Cell(2.0)
+    a.peer, b.peer = b, a
+    for _ in range(300):
+        with pytest.raises(st.StructureError, match="contains itself"):
+            st.split({"x": a})
+
+    def depth(n: int) -> int:
+        return 0 if n == 0 else 1 + depth(n - 1)
+
+    assert depth(500) == 500
+
+
+def test_trees_without_nodes_ignore_registered_classes() -> None:
+    # Cell is registered in this module; a plain tree still takes the fast path and the
+    # GraphDef has a single part.
+    graphdef, _ = st.split({"w": st.Param(jnp.ones(1))})
+    assert len(graphdef.parts) == 1
+    shared = Cell(5.0)
+    graphdef, state = st.split([shared, shared])
+    assert len(state) == 1 and len(graphdef.parts) == 2
