@@ -75,11 +75,37 @@ class _Part(NamedTuple):
     repeats: tuple[tuple[int, int], ...] | None = None
 
 
-def _key_of(entry: Any) -> Any:
+class PathKey:
+    """A pytree key entry standing for a whole path: a State's children are keyed by
+    their paths, so a State inside a tree keeps plain paths (``("w",)``, not a string)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PathKey) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash((PathKey, self.path))
+
+    def __str__(self) -> str:  # what jax.tree_util.keystr shows
+        from ._errors import format_path
+
+        return format_path(self.path)
+
+    __repr__ = __str__
+
+
+def _keys_of(entry: Any) -> Path:
+    """The plain keys one JAX key entry stands for (one, or a State's whole path)."""
+    if isinstance(entry, PathKey):
+        return entry.path
     for attr in ("key", "name", "idx"):
         if hasattr(entry, attr):
-            return getattr(entry, attr)
-    return str(entry)
+            return (getattr(entry, attr),)
+    return (str(entry),)
 
 
 class GraphDef:
@@ -150,7 +176,7 @@ class GraphDef:
             shaped = part.treedef.unflatten([marker] * part.treedef.num_leaves)
             keyed, _ = jtu.tree_flatten_with_path(shaped, is_leaf=lambda x: x is marker)
             for (keypath, _leaf), slot in zip(keyed, part.slots, strict=True):
-                path = prefix + tuple(_key_of(k) for k in keypath)
+                path = prefix + tuple(key for k in keypath for key in _keys_of(k))
                 if slot >= 0:
                     occurrences[slot].append(path)
                     continue

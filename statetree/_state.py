@@ -15,7 +15,7 @@ from typing import Any
 import jax.tree_util as jtu
 
 from ._errors import format_path
-from ._graph import GraphDef, Path
+from ._graph import GraphDef, Path, PathKey
 
 __all__ = ["State"]
 
@@ -227,7 +227,7 @@ class State:
 
 
 def _flatten_with_keys(s: State) -> tuple[list[tuple[Any, Any]], _StateKeys]:
-    keys = [jtu.DictKey(format_path(p)) for p in s.paths()]
+    keys = [PathKey(p) for p in s.paths()]
     return list(zip(keys, s._values, strict=True)), s._keys
 
 

@@ -65,7 +65,15 @@ def test_state_is_a_pytree_that_keeps_kinds() -> None:
     leaves = jax.tree_util.tree_leaves(state)
     assert len(leaves) == 5 and all(isinstance(x, jax.Array) for x in leaves)
     keyed = jax.tree_util.tree_flatten_with_path(state)[0]
-    assert jax.tree_util.keystr(keyed[0][0]).startswith("[\"['layers'][0]['n']\"]")
+    assert jax.tree_util.keystr(keyed[0][0]) == "['layers'][0]['n'].value"
+
+
+def test_a_state_inside_a_tree_keeps_plain_paths() -> None:
+    params = st.state(tree(), st.Param)
+    assert st.state(params).paths() == params.paths()
+    assert st.state({"params": params}).paths()[0] == ("params", "layers", 0, "w")
+    _, kernel, _ = st.split(params, st.PathContains(1), ...)
+    assert list(kernel) == [("layers", 1, "w")]
 
 
 def test_grad_through_a_frozen_state() -> None:
