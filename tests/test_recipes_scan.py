@@ -2,25 +2,21 @@
 applying the layers one by one."""
 
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _pages import run_page
 
 import statetree as st
 
 PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "recipes" / "scan-over-layers.md"
-FENCE = re.compile(r"^```python\n(.*?)^```\s*$", re.M | re.S)
 
 
 @pytest.fixture(scope="module")
 def page() -> dict:
-    namespace: dict = {"__name__": "scan_recipe"}
-    for code in FENCE.findall(PAGE.read_text()):
-        exec(compile(code, PAGE.name, "exec"), namespace)
-    return namespace
+    return run_page(PAGE)  # runs the page, its printed outputs checked too
 
 
 def layer(frozen_stack: object, i: int) -> object:

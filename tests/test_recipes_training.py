@@ -5,25 +5,21 @@ the batch statistics and the RNG state move in place, and the step returns only 
 """
 
 import pathlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _pages import run_page
 
 import statetree as st
 
 PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "recipes" / "training-loop.md"
-FENCE = re.compile(r"^```python\n(.*?)^```\s*$", re.M | re.S)
 
 
 @pytest.fixture(scope="module")
 def page() -> dict:
-    namespace: dict = {"__name__": "training_recipe"}
-    for code in FENCE.findall(PAGE.read_text()):
-        exec(compile(code, PAGE.name, "exec"), namespace)
-    return namespace
+    return run_page(PAGE)  # runs the page, its printed outputs checked too
 
 
 def test_loss_falls(page: dict) -> None:

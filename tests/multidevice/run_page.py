@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from test_docs import run_page
+from _pages import run_page
 
 page = pathlib.Path(sys.argv[1]).resolve()
 run_page(page)
