@@ -25,17 +25,12 @@ from . import _nodes, _storage
 from ._errors import StructureError
 from ._variables import Variable
 
-__all__ = ["GraphDef", "flatten", "unflatten", "Path", "is_array"]
+__all__ = ["GraphDef", "flatten", "unflatten", "Path"]
 
 Path = tuple[Any, ...]
 
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 _is_variable = Variable.__instancecheck__  # a C-level bound method: cheap as `is_leaf`
-
-
-def is_array(x: Any) -> bool:
-    """A bare array leaf: a ``jax.Array`` (tracers included) or a NumPy array/scalar."""
-    return isinstance(x, _ARRAY_TYPES)
 
 
 def _is_graph_leaf(x: Any) -> bool:

@@ -24,7 +24,6 @@ from ._variables import Variable
 
 __all__ = [
     "register_node",
-    "is_node",
     "node_children",
     "node_rebuild",
     "register_internal_node",
@@ -269,8 +268,3 @@ def register_internal_node(cls: type, children: Any, rebuild: Any) -> None:
     if cls not in _INTERNAL:
         _INTERNAL[cls] = (children, rebuild)
         NODE_TYPES = (*NODE_TYPES, cls)
-
-
-def is_node(x: Any) -> bool:
-    """True for an instance of a class registered with :func:`register_node`."""
-    return isinstance(x, NODE_TYPES)
