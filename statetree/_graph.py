@@ -274,18 +274,26 @@ def _identity_hashed(types: set[type]) -> bool:
     return all(issubclass(t, Variable) and t.__hash__ is Variable.__hash__ for t in types)
 
 
-def _flatten_variables(
+def _reuse(
     leaves: list[Any], treedef: Any, types: tuple[type, ...]
-) -> tuple["GraphDef", list[Any]]:
+) -> "tuple[GraphDef, list[Any]] | None":
+    """The last pattern of this structure, if it still holds for ``leaves``."""
     pattern = _PATTERNS.get(treedef)
     if (
         pattern is not None
-        and pattern.leaf_types == types
+        and pattern.leaf_types == types  # so identity-hashed Variables, as when recorded
         and len(set(leaves)) == pattern.num_values
         and all(leaves[r] is leaves[f] for r, f in pattern.repeats)
     ):
         # The recorded repeats still hold and nothing else repeats: same pattern.
         return pattern.graphdef, _without(leaves, pattern.repeats)
+    return None
+
+
+def _record(
+    leaves: list[Any], treedef: Any, types: tuple[type, ...]
+) -> tuple["GraphDef", list[Any]]:
+    """Deduplicate an all-Variable tree and remember its pattern for next time."""
     unique, slots, first = _dedup(leaves, 0)
     repeats = () if first is None else tuple((i, f) for i, f in enumerate(first) if f != i)
     graphdef = GraphDef((_Part(treedef, slots, (), None, repeats),), tuple(map(type, unique)))
@@ -389,20 +397,26 @@ class _Flattener:
 
 def flatten(tree: Any) -> tuple[GraphDef, list[Any]]:
     """``tree`` -> ``(graphdef, values)``; each shared Variable/Ref/node appears once."""
-    f = _Flattener()
-    mark = next(_nodes.VISITS)
-    _nodes.WATCH.seen = set()
-    try:
+    if not _nodes.NODE_TYPES:
         leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
-    finally:
-        _nodes.WATCH.seen = None
-    if next(_nodes.VISITS) != mark + 1:
-        # JAX flattened a registered node: flatten again, stopping at nodes to keep
-        # their identity (see `_nodes.VISITS`).
-        leaves, treedef = jtu.tree_flatten(tree, is_leaf=f.is_leaf)
+    else:
+        mark = next(_nodes.VISITS)
+        _nodes.WATCH.seen = set()
+        try:
+            leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
+        finally:
+            _nodes.WATCH.seen = None
+        if next(_nodes.VISITS) != mark + 1:
+            # JAX flattened a registered node: flatten again, stopping at nodes to keep
+            # their identity (see `_nodes.VISITS`).
+            leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
     types = tuple(map(type, leaves))
+    reused = _reuse(leaves, treedef, types)
+    if reused is not None:
+        return reused  # the common case: this model was split before
     if _identity_hashed(set(types)):
-        return _flatten_variables(leaves, treedef, types)  # the common case: only Variables
+        return _record(leaves, treedef, types)  # only Variables
+    f = _Flattener()
     f.part(tree, None, (leaves, treedef))
     return GraphDef(tuple(f.parts), tuple(f.kinds)), f.values  # type: ignore[arg-type]
 
