@@ -308,6 +308,15 @@ TX = optax.adam(1e-2)
 STEPS = 6
 
 
+def optax_in_place(model: object, opt_state: object, params: st.State, grads: st.State) -> None:
+    """One ``TX`` step written in place without ``st.Optimizer``: the model's params
+    through ``st.update``, the optax state through per-Variable writes."""
+    values = st.unbox(params)
+    updates, new_opt = TX.update(st.unbox(grads), st.unbox(opt_state), values)
+    st.update(model, optax.apply_updates(values, updates))
+    assign(opt_state, new_opt)
+
+
 def eqx_mlp_training(mlp: eqx.nn.MLP, x: jax.Array, y: jax.Array) -> tuple[list, object]:
     @eqx.filter_jit
     def step(model, opt_state):
@@ -341,10 +350,7 @@ def test_mlp_training_matches_equinox(mlp_data: tuple) -> None:
         graphdef, params, rest = st.split(model, st.Param, ...)
         loss_fn = lambda p: mse(jax.vmap(st.merge(graphdef, p, rest))(x), y)
         loss, grads = jax.value_and_grad(loss_fn)(st.freeze(params))
-        values = st.unbox(params)
-        updates, new_opt = TX.update(st.unbox(grads), st.unbox(opt_state), values)
-        st.update(model, optax.apply_updates(values, updates))
-        assign(opt_state, new_opt)
+        optax_in_place(model, opt_state, params, grads)
         return loss
 
     losses = [float(step(model, opt_state, x, y)) for _ in range(STEPS)]
@@ -426,10 +432,7 @@ def test_batchnorm_cnn_training_matches_equinox(
         graphdef, params, rest = st.split(model, st.Param, ...)
         loss_fn = cnn_loss(graphdef, rest, state, x, y)
         loss, grads = jax.value_and_grad(loss_fn)(st.freeze(params))
-        values = st.unbox(params)
-        updates, new_opt = TX.update(st.unbox(grads), st.unbox(opt_state), values)
-        st.update(model, optax.apply_updates(values, updates))
-        assign(opt_state, new_opt)
+        optax_in_place(model, opt_state, params, grads)
         return loss
 
     losses = [float(step(model, state, opt_state, x, y)) for _ in range(STEPS)]
