@@ -159,15 +159,18 @@ class Optimizer:
                 f"arrays, but tx.init made {len(state_vars)}. The optax state must keep "
                 "its structure from step to step."
             )
+        # Every write in one batch: packed buffers then take one write each.
+        writes = []
         for path, new in zip(self.paths, new_params.values(), strict=True):
             target = targets[path]
             if isinstance(target, Variable):
-                target.value = new
+                writes.append((target._raw, target._coerce(Ellipsis, new)))
             else:
-                _storage.write(target, jnp.asarray(new, target.dtype))
+                writes.append((target, jnp.asarray(new, target.dtype)))
         for var, new in zip(state_vars, new_values, strict=True):
-            var.value = new
-        self.step[...] += 1
+            writes.append((var._raw, var._coerce(Ellipsis, new)))
+        writes.append((self.step._raw, self.step[...] + 1))
+        _storage.write_all(writes)
 
     def _targets(self, model: Any) -> dict[Path, Any]:
         """The model's ``wrt`` Variables by path, checked against this optimizer."""

@@ -106,7 +106,47 @@ class View:
         return f"View({self.dtype}[{','.join(map(str, self.shape))}] at {self.where!r})"
 
 
-_storage.register_storage(View)
+def _write_views(pairs: list[tuple[View, Any]]) -> None:
+    """Many whole-value writes into views (``_storage.write_all``), grouped by buffer.
+
+    A flat buffer of which at least half is written takes *one* write of its whole new
+    value (the written slots and, between them, its current contents): XLA runs that as
+    one kernel, where a write per view is a kernel per view, which dominates the step of
+    a model of many small Variables. Other writes go one by one, in order.
+    """
+    by_buffer: dict[int, tuple[Any, dict[Any, tuple[View, Any]]]] = {}
+    for view, value in pairs:
+        # Keyed by place, so a later write into the same slot replaces an earlier one.
+        by_buffer.setdefault(id(view.buffer), (view.buffer, {}))[1][view.where] = (view, value)
+    for buffer, writes in by_buffer.values():
+        places = list(writes)
+        flat = len(places) > 1 and all(type(w) is tuple for w in places)
+        if flat and 2 * sum(w[1] - w[0] for w in places) >= buffer.shape[0]:
+            buffer[...] = _spliced(buffer, writes)
+        else:
+            for view, value in writes.values():
+                view[...] = value
+
+
+def _spliced(buffer: Any, writes: dict[Any, tuple[View, Any]]) -> Any:
+    """The whole new value of a flat ``buffer`` after ``writes`` (by ``(start, stop)``)."""
+    parts: list[Any] = []
+    current = None
+    pos = 0
+    for start, stop in sorted(writes):
+        if start > pos:
+            current = buffer[...] if current is None else current
+            parts.append(jax.lax.slice(current, (pos,), (start,)))
+        view, value = writes[(start, stop)]
+        parts.append(view._bits(value))
+        pos = stop
+    if pos < buffer.shape[0]:
+        current = buffer[...] if current is None else current
+        parts.append(jax.lax.slice(current, (pos,), (buffer.shape[0],)))
+    return jnp.concatenate(parts)
+
+
+_storage.register_storage(View, write_many=_write_views)
 
 
 class _Layout:

@@ -326,6 +326,7 @@ def update(tree: Any, *states: State) -> None:
             f"update: {len(problems)} path(s) cannot be written; nothing was written:\n"
             + "\n".join(problems)
         )
+    raw_writes = []
     for target, new in writes:
         raw = target._raw if isinstance(target, Variable) else target
         value = new.value if isinstance(new, Variable) else _storage.read(new)
@@ -333,7 +334,8 @@ def update(tree: Any, *states: State) -> None:
             # As for direct writes: JAX refuses differentiated values written into refs
             # under jax.grad; statistics written back after a scan inside a loss are such.
             value = jax.lax.stop_gradient(value)
-        _storage.write(raw, value)
+        raw_writes.append((raw, value))
+    _storage.write_all(raw_writes)  # packed views: one write per buffer
 
 
 def _check_write(target: Any, new: Any) -> str | None:

@@ -12,6 +12,7 @@ A Variable holds one *raw* object:
 Nothing else in statetree looks inside a raw object: it goes through the functions below.
 """
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ __all__ = [
     "is_traced",
     "read",
     "write",
+    "write_all",
     "write_at",
     "new_storage",
     "register_storage",
@@ -28,13 +30,25 @@ __all__ = [
 
 # Types that implement the Ref protocol. A tuple so `isinstance` stays one C call.
 _STORAGE_TYPES: tuple[type, ...] = (jax.Ref,)
+# Storage types that can carry out many whole-value writes better together than one by
+# one (views into one buffer: one write of the buffer instead of one per view).
+_WRITE_MANY: dict[type, Callable[[list[tuple[Any, Any]]], None]] = {}
 
 
-def register_storage(cls: type) -> type:
-    """Declare ``cls`` a mutable storage (it must follow the ``jax.Ref`` protocol)."""
+def register_storage(
+    cls: type, write_many: Callable[[list[tuple[Any, Any]]], None] | None = None
+) -> type:
+    """Declare ``cls`` a mutable storage (it must follow the ``jax.Ref`` protocol).
+
+    ``write_many``, if given, carries out a list of ``(raw, value)`` whole-value writes
+    into storages of this type, as :func:`write_all` hands them over: in order, the last
+    write to a storage winning.
+    """
     global _STORAGE_TYPES
     if cls not in _STORAGE_TYPES:
         _STORAGE_TYPES = (*_STORAGE_TYPES, cls)
+    if write_many is not None:
+        _WRITE_MANY[cls] = write_many
     return cls
 
 
@@ -61,6 +75,20 @@ def read(raw: Any) -> Any:
 def write(raw: Any, value: Any) -> None:
     """Replace the whole value of the storage ``raw`` (shape and dtype already match)."""
     raw[...] = value
+
+
+def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
+    """:func:`write` for each ``(raw, value)``, in order; storages registered with a
+    ``write_many`` get theirs in one call (for packed views: one write per buffer)."""
+    batched: dict[Callable[[list[tuple[Any, Any]]], None], list[tuple[Any, Any]]] = {}
+    for raw, value in writes:
+        many = _WRITE_MANY.get(type(raw))
+        if many is None:
+            raw[...] = value
+        else:
+            batched.setdefault(many, []).append((raw, value))
+    for many, pairs in batched.items():
+        many(pairs)
 
 
 def write_at(raw: Any, idx: Any, value: Any) -> None:

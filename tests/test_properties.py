@@ -157,3 +157,29 @@ def test_update_writes_through_every_shared_path(tree: Any, fill: int) -> None:
     st.update(m, new)
     for value in graph_values(m):
         np.testing.assert_array_equal(np.asarray(value[...], np.float32), float(fill))
+
+
+@SETTINGS
+@given(
+    hs.lists(hs.sampled_from([(), (2,), (3, 1)]), min_size=1, max_size=6),
+    hs.lists(hs.integers(0, 5), max_size=8),
+    hs.booleans(),
+)
+def test_update_of_a_packed_tree_equals_the_plain_tree(
+    shapes: list[tuple[int, ...]], written: list[int], int_dtype: bool
+) -> None:
+    """Whatever subset of a packed buffer a State writes (all of it, most of it, a
+    little, one slot twice), the result is the plain tree's."""
+    dtypes = [jnp.int32 if int_dtype and i % 2 else jnp.float32 for i in range(len(shapes))]
+    tree = {
+        f"v{i}": jnp.full(s, i, d) for i, (s, d) in enumerate(zip(shapes, dtypes, strict=True))
+    }
+    packed, plain = st.mutable(tree, packed=True), st.mutable(tree)
+    states = [
+        st.State({(f"v{i}",): jnp.full(shapes[i], 10 + k, dtypes[i])})
+        for k, i in enumerate(written)
+        if i < len(shapes)
+    ]
+    st.update(packed, *states)
+    st.update(plain, *states)
+    assert_trees_equal(st.unbox(st.freeze(packed)), st.unbox(st.freeze(plain)))
