@@ -16,7 +16,9 @@ compiled, and XLA's ``memory_analysis()`` reports, in MiB:
 Implementations: the functional ``jax.jit`` step with ``donate_argnums`` (baseline: the
 limit), the same without donation, statetree's in-place step (mutable Variables, nothing
 returned; ``st.Optimizer`` if this checkout has it, else the optax state held in mutable
-Variables by ``st.mutable``), and Flax NNX with ref-backed Variables (``ref=True``).
+Variables by ``st.mutable``), the same with model and optimizer packed
+(``st.mutable(..., packed=True)``, ``st.Optimizer(..., packed=True)``), and Flax NNX
+with ref-backed Variables (``ref=True``).
 Functional steps are lowered from ``jax.ShapeDtypeStruct``s; Ref-holding ones need real
 buffers, so those are allocated (once per implementation).
 """
@@ -86,13 +88,15 @@ def compile_functional(depth: int, width: int, donate: bool) -> tuple[Any, str]:
     return jitted.lower(weights, opt_state, x).compile(), note
 
 
-def compile_statetree(depth: int, width: int) -> tuple[Any, str]:
+def compile_statetree(depth: int, width: int, packed: bool = False) -> tuple[Any, str]:
     tx = _tx()
-    model = st.mutable([st.Param(jnp.zeros((width, width), jnp.float32)) for _ in range(depth)])
+    model = st.mutable(
+        [st.Param(jnp.zeros((width, width), jnp.float32)) for _ in range(depth)], packed=packed
+    )
     x = jnp.zeros((BATCH, width), jnp.float32)
     optimizer_cls = getattr(st, "Optimizer", None)
     if optimizer_cls is not None:
-        optimizer = optimizer_cls(model, tx, wrt=st.Param)
+        optimizer = optimizer_cls(model, tx, wrt=st.Param, **({"packed": True} if packed else {}))
 
         def step(model: Any, optimizer: Any, x: jax.Array) -> None:
             grads = jax.grad(lambda m: loss(st.unbox(m), x))(st.freeze(model))
@@ -100,7 +104,7 @@ def compile_statetree(depth: int, width: int) -> tuple[Any, str]:
 
         try:
             compiled = jax.jit(step).lower(model, optimizer, x).compile()
-            return compiled, "in place: st.Optimizer"
+            return compiled, "in place: st.Optimizer" + (", both packed" if packed else "")
         except Exception as e:  # its API may differ from the spec: measure the fallback
             fallback = f"st.Optimizer failed ({type(e).__name__}); "
     else:
@@ -147,6 +151,7 @@ def _impls(depth: int, width: int) -> dict[str, Callable[[], tuple[Any, str]]]:
         BASELINE: lambda: compile_functional(depth, width, donate=True),
         "functional jit, no donation": lambda: compile_functional(depth, width, donate=False),
         "statetree (in place)": lambda: compile_statetree(depth, width),
+        "statetree (in place, packed)": lambda: compile_statetree(depth, width, packed=True),
         "Flax NNX (ref=True)": lambda: compile_nnx(depth, width),
     }
 

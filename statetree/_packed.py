@@ -106,13 +106,19 @@ class View:
         return f"View({self.dtype}[{','.join(map(str, self.shape))}] at {self.where!r})"
 
 
+# Slots of at most this many elements on average are "small" (64 KiB of float32).
+_SMALL = 1 << 14
+
+
 def _write_views(pairs: list[tuple[View, Any]]) -> None:
     """Many whole-value writes into views (``_storage.write_all``), grouped by buffer.
 
-    A flat buffer of which at least half is written takes *one* write of its whole new
-    value (the written slots and, between them, its current contents): XLA runs that as
-    one kernel, where a write per view is a kernel per view, which dominates the step of
-    a model of many small Variables. Other writes go one by one, in order.
+    A flat buffer of which at least half is written, in small slots, takes *one* write
+    of its whole new value (the written slots and, between them, its current contents):
+    XLA runs that as one kernel, where a write per view is a kernel per view, which
+    dominates the step of a model of many small Variables. Large slots go one by one:
+    there the kernels cost little beside the data, and XLA updates each slot in place
+    where a whole new value would take a buffer-sized temporary.
     """
     by_buffer: dict[int, tuple[Any, dict[Any, tuple[View, Any]]]] = {}
     for view, value in pairs:
@@ -121,7 +127,8 @@ def _write_views(pairs: list[tuple[View, Any]]) -> None:
     for buffer, writes in by_buffer.values():
         places = list(writes)
         flat = len(places) > 1 and all(type(w) is tuple for w in places)
-        if flat and 2 * sum(w[1] - w[0] for w in places) >= buffer.shape[0]:
+        written = sum(w[1] - w[0] for w in places) if flat else 0
+        if flat and 2 * written >= buffer.shape[0] and written <= _SMALL * len(places):
             buffer[...] = _spliced(buffer, writes)
         else:
             for view, value in writes.values():

@@ -211,6 +211,17 @@ def test_update_writes_a_little_of_a_buffer_view_by_view():
     assert [float(packed[f"v{i}"][0]) for i in range(5)] == [0, 1, 0, 1, 0]
 
 
+def test_update_writes_large_slots_view_by_view():
+    # Slots past 2**14 elements: XLA updates each in place, a whole-buffer write would
+    # need a temporary of the buffer's size.
+    big = 2**14 + 1
+    packed = st.mutable({"a": jnp.zeros(big), "b": jnp.zeros(big)}, packed=True)
+    new = st.State({("a",): jnp.ones(big), ("b",): jnp.full(big, 2.0)})
+    assert _ref_writes(st.update, packed, new) == 2
+    st.update(packed, new)
+    assert float(packed["a"][-1]) == 1.0 and float(packed["b"][0]) == 2.0
+
+
 def test_optimizer_writes_each_buffer_once():
     model = st.mutable({f"w{i}": st.Param(jnp.ones(3)) for i in range(4)}, packed=True)
     plain = st.mutable({f"w{i}": st.Param(jnp.ones(3)) for i in range(4)})
