@@ -17,10 +17,12 @@ spec's floor:
 - "raw JAX single Ref + batch": one ``jax.Ref`` and the step's batch ``x, y``, the floor
   for a ref-based step that takes data (JAX's slow path costs per argument, Refs or not;
   with the data closed over it is the single Ref again);
-- "statetree (plain)": ``st.mutable`` params and optimizer state updated in place;
-- "statetree (packed)": the same step on ``st.mutable(..., packed=True)``;
-- "statetree (packed, one tree)": parameters and optimizer state packed together, so
-  the call passes a single buffer;
+- "statetree (plain)": ``st.mutable`` params and an ``st.Optimizer``, updated in place;
+- "statetree (packed)": the same step with ``st.mutable(..., packed=True)`` and
+  ``st.Optimizer(..., packed=True)``: two packed trees;
+- "statetree (packed, one tree)": the model and its ``st.Optimizer`` packed together
+  (``st.mutable({"model": model, "opt": optimizer}, packed=True)``), so the call passes a
+  single buffer;
 - "Flax NNX (refs)": nnx Variables on refs, when they run under ``jax.jit`` here.
 
 Timing: after warm-up, ``steps`` calls back to back, then one block on the result; the
@@ -133,36 +135,31 @@ def _single_ref_batch(batch: tuple) -> tuple[Any, Any]:
 
 
 def _statetree(params: Any, loss: Any, batch: tuple, packed: bool) -> tuple[Any, Any]:
-    model = st.mutable(jax.tree.map(jnp.copy, params), packed=packed)
-    opt_state = st.mutable(TX.init(params), packed=packed)
+    """``st.Optimizer`` on a mutable model: plain, or model and optimizer each packed."""
+    model = st.mutable({k: st.Param(jnp.copy(v)) for k, v in params.items()}, packed=packed)
+    optimizer = st.Optimizer(model, TX, packed=packed)
 
     @jax.jit
-    def step(model: Any, opt_state: Any, *batch: Any) -> None:
-        p = st.unbox(st.freeze(model))
-        grads = jax.grad(loss)(p, *batch)
-        updates, new_opt = TX.update(grads, st.unbox(st.freeze(opt_state)), p)
-        st.update(model, st.state(optax.apply_updates(p, updates)))
-        st.update(opt_state, st.state(new_opt))
+    def step(model: Any, optimizer: Any, *batch: Any) -> None:
+        grads = jax.grad(lambda p: loss(st.unbox(p), *batch))(st.freeze(model))
+        optimizer.update(model, grads)
 
-    first = next(iter(st.state(model).values()))
-    return (lambda: step(model, opt_state, *batch)), (lambda: first[...])
+    first = model["w1" if "w1" in params else next(iter(params))]
+    return (lambda: step(model, optimizer, *batch)), (lambda: first[...])
 
 
 def _statetree_one(params: Any, loss: Any, batch: tuple) -> tuple[Any, Any]:
-    """Packed, with parameters and optimizer state in one tree: one buffer in all."""
-    state = st.mutable(
-        {"model": jax.tree.map(jnp.copy, params), "opt": TX.init(params)}, packed=True
-    )
+    """Model and ``st.Optimizer`` packed together in one tree: one buffer in all."""
+    model = {k: st.Param(jnp.copy(v)) for k, v in params.items()}
+    state = st.mutable({"model": model, "opt": st.Optimizer(model, TX)}, packed=True)
 
     @jax.jit
     def step(state: Any, *batch: Any) -> None:
-        frozen = st.unbox(st.freeze(state))
-        p = frozen["model"]
-        grads = jax.grad(loss)(p, *batch)
-        updates, new_opt = TX.update(grads, frozen["opt"], p)
-        st.update(state, st.state({"model": optax.apply_updates(p, updates), "opt": new_opt}))
+        model = state["model"]
+        grads = jax.grad(lambda p: loss(st.unbox(p), *batch))(st.freeze(model))
+        state["opt"].update(model, grads)
 
-    first = next(iter(st.state(state).values()))
+    first = state["model"][next(iter(params))]
     return (lambda: step(state, *batch)), (lambda: first[...])
 
 
