@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax
 
-from . import _graph, _storage
+from . import _graph, _packed, _storage
 from ._convert import mutable
 from ._errors import FrozenVariableError, StructureError, format_path, format_paths
 from ._filters import PathContains, filter_repr, to_predicate
-from ._graph import Path
+from ._graph import Path, PathKey
 from ._split import state as _state
 from ._state import State
 from ._variables import OptState, Param, Variable
@@ -77,9 +77,9 @@ class Optimizer:
         ``optax.inject_hyperparams``) or an ``optax.MultiSteps``.
       wrt: a filter (as in ``st.split``) choosing the Variables to train; default
         ``st.Param``.
-      packed: keep the optax state in a few flat buffers (``st.mutable(...,
-        packed=True)``) instead of one ``jax.Ref`` per array, so a jitted step
-        dispatches faster; use it with a packed model.
+      packed: keep the optax state and the step counter in a few flat buffers
+        (``st.mutable(..., packed=True)``) instead of one ``jax.Ref`` per array, so a
+        jitted step dispatches faster; use it with a packed model.
 
     The Optimizer is a pytree: pass it to ``jax.jit`` beside the model. It holds the
     optax state (``opt_state``, a tree of ``OptState``), the number of updates applied
@@ -101,6 +101,9 @@ class Optimizer:
     tx: optax.GradientTransformation
     wrt: Any
     paths: tuple[Path, ...]
+    # Packed: {"opt_state": ..., "step": ...} as one st.Packed (a plain dict once
+    # st.freeze unpacked it), the pytree child JAX sees; None when not packed.
+    _joint: Any
 
     def __init__(self, model: Any, tx: Any, wrt: Any = Param, *, packed: bool = False) -> None:
         tx = _as_transformation(tx)
@@ -119,11 +122,27 @@ class Optimizer:
         self.tx = tx
         self.wrt = wrt
         arrays = State({p: _read(v) for p, v in params.items()})
-        self.opt_state = _box(tx.init(arrays))
+        opt_state = _box(tx.init(arrays))
+        step = OptState(jnp.zeros((), jnp.int32), mutable=True)
         if packed:
-            # A few flat buffers instead of one Ref per moment: jit dispatches faster.
-            self.opt_state = mutable(self.opt_state, packed=True)
-        self.step = OptState(jnp.zeros((), jnp.int32), mutable=True)
+            # A few flat buffers instead of one Ref per array, the step counter in them
+            # too (int32 shares the 32-bit buffer of float32): jit dispatches faster.
+            self._hold(mutable({"opt_state": opt_state, "step": step}, packed=True))
+        else:
+            self.opt_state, self.step, self._joint = opt_state, step, None
+
+    def _hold(self, joint: Any) -> None:
+        """Keep ``joint`` (``{"opt_state": ..., "step": ...}``, packed or not) as the one
+        child JAX sees; ``opt_state`` (a ``st.Packed`` over the same buffers while they
+        hold views) and ``step`` are its parts."""
+        self._joint = joint
+        if isinstance(joint, (_packed.Packed, dict)):
+            self.opt_state = _packed.from_tree(joint["opt_state"])
+            self.step = joint["step"]
+        else:
+            # JAX rebuilt the optimizer around a stand-in for its child (statetree's walk
+            # over paths, a tree_map with is_leaf): there are no parts to show.
+            self.opt_state = self.step = None
 
     # ------------------------------------------------------------------ update
     def update(self, model: Any, grads: Any, **extra_args: Any) -> None:
@@ -285,19 +304,48 @@ class Optimizer:
         )
 
 
+class _NoKey(PathKey):
+    """The key of a packed optimizer's one child: it adds nothing to a path, so paths
+    read ``("opt_state", 0, "count")``, ..., ``("step",)`` packed or not."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    def __str__(self) -> str:
+        return ""
+
+    __repr__ = __str__
+
+
+_NO_KEY = _NoKey()
+
+# JAX's children: (opt_state, step) when not packed; (joint,) when packed, so the step
+# counter travels in the optax state's buffers and a jitted call takes one Ref per buffer.
+
+
 def _flatten_with_keys(opt: Optimizer) -> tuple[Any, Any]:
+    if opt._joint is not None:
+        return ((_NO_KEY, opt._joint),), (opt.tx, opt.wrt, opt.paths)
     children = ((jtu.GetAttrKey("opt_state"), opt.opt_state), (jtu.GetAttrKey("step"), opt.step))
     return children, (opt.tx, opt.wrt, opt.paths)
 
 
 def _flatten(opt: Optimizer) -> tuple[Any, Any]:
+    if opt._joint is not None:
+        return (opt._joint,), (opt.tx, opt.wrt, opt.paths)
     return (opt.opt_state, opt.step), (opt.tx, opt.wrt, opt.paths)
 
 
 def _unflatten(aux: Any, children: Any) -> Optimizer:
     opt = object.__new__(Optimizer)
     opt.tx, opt.wrt, opt.paths = aux
-    opt.opt_state, opt.step = children
+    if len(children) == 2:
+        opt.opt_state, opt.step = children
+        opt._joint = None
+    else:
+        opt._hold(children[0])
     return opt
 
 

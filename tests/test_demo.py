@@ -16,6 +16,6 @@ def test_demo_trains_in_place_and_shows_split_merge_and_aliasing() -> None:
     text = out.getvalue()
     losses = [float(v) for v in re.findall(r"loss (\d+\.\d+)", text)]
     assert len(losses) == 5 and losses[-1] < 0.1 * losses[0], text
-    assert "packed=True    3 buffers" in text
+    assert "packed=True    2 buffers" in text
     assert "encoder and decoder share storage again: True" in text
     assert "<-> ['encoder']['kernel']" in text

@@ -1,5 +1,7 @@
 """st.Optimizer: in-place optax steps equal to the functional optax loop."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -275,13 +277,41 @@ def test_raw_refs_are_trained_in_place_and_extra_args_reach_tx() -> None:
     assert float(ref["w"][0]) != 1.0 - 3 * 0.5  # the plateau rule did scale the steps
 
 
-def test_packed_model_and_optimizer_match_the_plain_ones() -> None:
+# ---------------------------------------------------------------------- packed
+def make_pair(tx: optax.GradientTransformation) -> tuple:
+    """A plain model and optimizer, and the same packed."""
     plain_model, packed_model = make_model(), st.mutable(make_model(), packed=True)
-    tx = optax.adam(0.1)
     plain_opt = st.Optimizer(plain_model, tx)
     packed_opt = st.Optimizer(packed_model, tx, packed=True)
-    # A few buffers instead of a Ref per moment: what makes the jitted step dispatch fast.
-    assert len(jax.tree_util.tree_leaves(packed_opt)) < len(jax.tree_util.tree_leaves(plain_opt))
+    return plain_model, plain_opt, packed_model, packed_opt
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [optax.adam(0.1), optax.adam(0.1, mu_dtype=jnp.bfloat16), optax.sgd(0.1)],
+    ids=["adam", "adam-bf16-mu", "sgd-stateless"],
+)
+def test_packed_optimizer_passes_one_ref_per_buffer(tx: optax.GradientTransformation) -> None:
+    model = st.mutable(make_model(), packed=True)
+    optimizer = st.Optimizer(model, tx, packed=True)
+    leaves = jax.tree.leaves(optimizer)
+    # What jax.jit receives: the buffers, the step counter inside one of them.
+    assert all(isinstance(leaf, jax.Ref) for leaf in leaves)
+    assert any(leaf is optimizer.step._raw.buffer for leaf in leaves)
+    if isinstance(optimizer.opt_state, st.Packed):  # sgd has no optax state to pack
+        assert leaves == list(optimizer.opt_state.buffers)
+    else:
+        assert len(leaves) == 1
+    train_step(model, optimizer, X)
+    train_step(model, optimizer, X)
+    assert int(optimizer.step[...]) == 2
+
+
+def test_packed_and_plain_optimizers_agree() -> None:
+    plain_model, plain_opt, packed_model, packed_opt = make_pair(optax.adam(0.1))
+    assert st.state(packed_opt).paths() == st.state(plain_opt).paths()
+    assert st.state(packed_opt).paths()[-1] == ("step",)
+    assert ("opt_state", 0, "mu", "dense", "kernel") in st.state(packed_opt).paths()
     for _ in range(3):
         np.testing.assert_allclose(
             train_step(packed_model, packed_opt, X),
@@ -289,9 +319,73 @@ def test_packed_model_and_optimizer_match_the_plain_ones() -> None:
             rtol=1e-6,
         )
     for a, b in zip(
-        jax.tree_util.tree_leaves(st.unbox(st.freeze(packed_model))),
-        jax.tree_util.tree_leaves(st.unbox(st.freeze(plain_model))),
+        jax.tree.leaves(st.unbox(st.freeze((packed_model, packed_opt)))),
+        jax.tree.leaves(st.unbox(st.freeze((plain_model, plain_opt)))),
         strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     assert int(packed_opt.step[...]) == 3
+    assert repr(packed_opt) == repr(plain_opt)
+    assert isinstance(packed_opt.step, st.OptState) and packed_opt.step.mutable
+
+
+def test_packed_optimizer_round_trips_keep_the_step() -> None:
+    model = st.mutable(make_model(), packed=True)
+    optimizer = st.Optimizer(model, optax.adam(0.1), packed=True)
+    optimizer.update(model, GRADS)
+    optimizer.update(model, GRADS)
+    paths = st.state(optimizer).paths()
+
+    frozen = st.freeze(optimizer)
+    assert isinstance(frozen, st.Optimizer) and not frozen.step.mutable
+    assert int(frozen.step[...]) == 2 and st.state(frozen).paths() == paths
+    thawed = st.mutable(frozen)
+    thawed.update(model, GRADS)
+    assert int(thawed.step[...]) == 3 and int(optimizer.step[...]) == 2
+
+    assert int(st.state(optimizer)[("step",)][...]) == 2
+    graphdef, state = st.split(optimizer)
+    merged = st.merge(graphdef, state)
+    merged.update(model, GRADS)  # the merged optimizer writes the same buffers
+    assert int(optimizer.step[...]) == 3
+
+    st.update(optimizer, st.State({("step",): jnp.int32(7)}))
+    assert int(optimizer.step[...]) == 7
+    assert int(optimizer.opt_state[0].count[...]) == 3  # its neighbour in the buffer
+
+
+def test_packed_hyperparams_set_in_place() -> None:
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    model = st.mutable(make_model(), packed=True)
+    optimizer = st.Optimizer(model, tx, packed=True)
+
+    @jax.jit
+    def set_lr(optimizer: st.Optimizer, value: jax.Array) -> None:
+        optimizer.hyperparams["learning_rate"][...] = value
+
+    set_lr(optimizer, jnp.float32(0.0))
+    before = np.asarray(model["dense"]["kernel"][...])
+    train_step(model, optimizer, X)
+    np.testing.assert_array_equal(model["dense"]["kernel"][...], before)
+    assert int(optimizer.step[...]) == 1
+    assert float(optimizer.hyperparams["learning_rate"][...]) == 0.0
+
+
+@pytest.mark.parametrize("saved_packed", [True, False], ids=["packed-to-plain", "plain-to-packed"])
+def test_checkpoints_cross_between_packed_and_plain(
+    tmp_path: pathlib.Path, saved_packed: bool
+) -> None:
+    plain_model, plain_opt, packed_model, packed_opt = make_pair(optax.adam(0.1))
+    source, target = (packed_opt, plain_opt) if saved_packed else (plain_opt, packed_opt)
+    model = packed_model if saved_packed else plain_model
+    train_step(model, source, X)
+    train_step(model, source, X)
+    st.save(tmp_path / "ckpt", source)
+    st.restore(tmp_path / "ckpt", target)
+    assert int(target.step[...]) == 2
+    for a, b in zip(
+        jax.tree.leaves(st.unbox(st.freeze(target))),
+        jax.tree.leaves(st.unbox(st.freeze(source))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
