@@ -22,9 +22,11 @@ optax sees one flat level of leaves in the model's order, whatever the model's p
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _graph, _packed, _storage
 from ._convert import mutable
@@ -50,10 +52,34 @@ def _as_transformation(tx: Any) -> optax.GradientTransformation:
     )
 
 
-def _box(tree: Any) -> Any:
-    """Every array leaf of an optax state -> a fresh mutable ``OptState``."""
+def _box(tree: Any, home: Any) -> Any:
+    """Every array leaf of an optax state -> a fresh mutable ``OptState`` (placed at
+    ``home`` if it sits on one device: see :func:`_mesh_home`)."""
     graphdef, values = _graph.flatten(tree)
-    return _graph.unflatten(graphdef, [OptState(v, mutable=True) for v in values])
+    return _graph.unflatten(graphdef, [OptState(_place(v, home), mutable=True) for v in values])
+
+
+def _mesh_home(params: Any) -> NamedSharding | None:
+    """Replicated over the mesh of the first parameter laid out across several devices;
+    None when every parameter sits on one device (or is traced).
+
+    optax creates its counters with ``jnp.zeros``, which outside ``jax.set_mesh`` lands
+    on one device; ``jax.jit`` refuses to mix such a Ref with Refs spread over a mesh.
+    """
+    for value in params:
+        sharding = None if isinstance(value, jax.core.Tracer) else value.sharding
+        if isinstance(sharding, NamedSharding) and len(sharding.device_set) > 1:
+            return NamedSharding(sharding.mesh, PartitionSpec(), memory_kind=sharding.memory_kind)
+    return None
+
+
+def _place(value: Any, home: NamedSharding | None) -> Any:
+    """``value``, moved to ``home`` if it is a concrete array on a single device."""
+    if home is None or isinstance(value, jax.core.Tracer):
+        return value
+    if len(value.sharding.device_set) > 1:
+        return value
+    return jax.device_put(value, home)
 
 
 def _writable(target: Any) -> bool:
@@ -122,8 +148,9 @@ class Optimizer:
         self.tx = tx
         self.wrt = wrt
         arrays = State({p: _read(v) for p, v in params.items()})
-        opt_state = _box(tx.init(arrays))
-        step = OptState(jnp.zeros((), jnp.int32), mutable=True)
+        home = _mesh_home(arrays.values())
+        opt_state = _box(tx.init(arrays), home)
+        step = OptState(_place(jnp.zeros((), jnp.int32), home), mutable=True)
         if packed:
             # A few flat buffers instead of one Ref per array, the step counter in them
             # too (int32 shares the 32-bit buffer of float32): jit dispatches faster.

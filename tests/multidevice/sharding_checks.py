@@ -8,6 +8,7 @@ mesh with automatic axes and one with explicit axes.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -103,6 +104,27 @@ def check(axis_type: AxisType) -> None:
     scale({"w": model["w"]})
     np.testing.assert_allclose(np.asarray(model["w"].value), expected * 0.5)
     assert same(model["w"].sharding, rows)
+
+    # An Optimizer built outside jax.set_mesh: optax's counter and the step count are
+    # made on one device, so the Optimizer places them over the parameters' mesh.
+    for packed in (False, True):
+        params = st.mutable({"w": st.Param(x)}, packed=packed)
+        optimizer = st.Optimizer(params, optax.adam(0.5), packed=packed)
+        for leaf in jax.tree.leaves((params, optimizer)):
+            assert len(leaf.sharding.device_set) == 8, leaf.sharding
+
+        @jax.jit
+        def train(params, optimizer):
+            grads = jax.grad(lambda p: jnp.sum(st.unbox(p)["w"] ** 2))(st.freeze(params))
+            optimizer.update(params, grads)
+
+        train(params, optimizer)
+        # Adam's first step moves each weight by the learning rate against its gradient.
+        np.testing.assert_allclose(
+            np.asarray(params["w"][...]), base - 0.5 * np.sign(base), atol=1e-4
+        )
+        assert int(optimizer.step[...]) == 1
+        assert same(params["w"].sharding, rows)
     print(f"sharding checks passed ({axis_type})")
 
 
