@@ -1,7 +1,9 @@
 """W3: compiled memory of one Adam step (SPEC section 7: no second copy in place).
 
-The model is ``depth`` square float32 weight matrices (4 of 2048x2048, 16 MiB each, by
-default); the step computes the gradient of a small loss, runs ``optax.adam`` and stores
+The model is ``depth`` square float32 weight matrices: 4 of 2048x2048 (16 MiB each),
+which stay one Ref each when packed (``st.mutable(..., packed=True)`` leaves arrays of
+2**20 elements or more alone), and 64 of 128x128 (64 KiB each), which packing puts in
+one buffer; the step computes the gradient of a small loss, runs ``optax.adam`` and stores
 the new parameters and optimizer state. Nothing is run: each step is lowered and
 compiled, and XLA's ``memory_analysis()`` reports, in MiB:
 
@@ -156,10 +158,25 @@ def _impls(depth: int, width: int) -> dict[str, Callable[[], tuple[Any, str]]]:
     }
 
 
-def run(quick: bool, *, depth: int = 4, width: int | None = None) -> list[dict[str, Any]]:
-    """Rows per memory figure; ``width`` defaults to 2048 (256 when ``quick``)."""
+def run(
+    quick: bool,
+    *,
+    depth: int = 4,
+    width: int | None = None,
+    small: tuple[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows per memory figure for ``depth`` layers of ``width`` (default 4 of 2048, 256
+    when ``quick``), whose weights are large enough to keep their own Refs when packed,
+    and for ``small = (depth, width)`` (default 64 of 128, 16 of 64 when ``quick``),
+    whose weights packing puts in one buffer."""
     if width is None:
         width = 256 if quick else 2048
+    if small is None:
+        small = (16, 64) if quick else (64, 128)
+    return _case(depth, width) + _case(*small)
+
+
+def _case(depth: int, width: int) -> list[dict[str, Any]]:
     size = f"{depth}x{width}x{width} f32"
     params_mib = depth * width * width * 4 / MiB
     rows = []

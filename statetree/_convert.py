@@ -74,8 +74,10 @@ def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
         ``jax.Ref`` per bit width and sharding, and return a ``st.Packed`` tree whose
         Variables are views into them: ``jax.jit`` then dispatches a few Refs instead of
         one per Variable. It reads, writes, iterates and calls like the tree;
-        ``st.freeze`` unpacks it. Keep the plain form where each Variable must stay its
-        own array (``jax.lax.scan`` over stacked layers). See docs/packed.md.
+        ``st.freeze`` unpacks it. Arrays of ``2**20`` elements or more keep a Ref of
+        their own (there a Ref's dispatch costs less than the step's own work, and a
+        packed slice would be copied). Keep the plain form where each Variable must
+        stay its own array (``jax.lax.scan`` over stacked layers). See docs/packed.md.
 
     Returns:
       The converted tree, of the same structure (a ``st.Packed`` wrapping it when

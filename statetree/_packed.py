@@ -13,7 +13,7 @@ function, reads are static slices of the buffer and writes static
 Variables partitioned across devices (a ``NamedSharding`` that is not replicated) are
 stacked with others of their shape and sharding along a new leading axis, so each keeps
 its layout; what cannot be packed either way (PRNG keys, other shardings) gets a buffer
-of its own.
+of its own, and so does every large array (see :data:`LARGE`).
 
 :class:`Packed` is what a caller holds: a pytree for JAX (leaves: the buffers, then any
 values left unpacked; aux data: the static layout, hashed once), and a node for
@@ -106,8 +106,8 @@ class View:
         return f"View({self.dtype}[{','.join(map(str, self.shape))}] at {self.where!r})"
 
 
-# Slots of at most this many elements on average are "small" (64 KiB of float32).
-_SMALL = 1 << 14
+# Slots of at most this many elements on average are "small" (16 KiB of float32).
+_SMALL = 1 << 12
 
 
 def _write_views(pairs: list[tuple[View, Any]]) -> None:
@@ -365,12 +365,21 @@ def _bits_dtype(dtype: Any) -> Any:
     return _BITS.get(dtype.itemsize, dtype) if numeric else dtype
 
 
+# Arrays of at least this many elements (4 MiB of float32) keep a buffer of their own.
+# Packing saves one Ref's dispatch (about 10 us on the host) per array; for an array this
+# size the step's own work on it costs as much, while a packed slice costs memory: XLA
+# materializes a slice of a buffer that feeds a matrix product, so the step would hold a
+# copy of every large weight it multiplies.
+LARGE = 1 << 20
+
+
 def _group_of(array: Any) -> tuple[str, Any, Any]:
     """How ``array`` is packed: ("flat", bits dtype, sharding) into a 1-D buffer shared
     with arrays of its width and (replicated) sharding; ("stack", (dtype, shape),
-    sharding) as a row of a buffer of arrays partitioned alike; ("own", ...) alone."""
+    sharding) as a row of a buffer of arrays partitioned alike; ("own", ...) alone
+    (large arrays, PRNG keys, layouts that cannot share)."""
     dtype = array.dtype
-    if jnp.issubdtype(dtype, jax.dtypes.extended):
+    if jnp.issubdtype(dtype, jax.dtypes.extended) or array.size >= LARGE:
         return ("own", id(array), None)
     if isinstance(array, jax.core.Tracer):
         return ("flat", _bits_dtype(dtype), None)

@@ -212,9 +212,9 @@ def test_update_writes_a_little_of_a_buffer_view_by_view():
 
 
 def test_update_writes_large_slots_view_by_view():
-    # Slots past 2**14 elements: XLA updates each in place, a whole-buffer write would
+    # Slots past 2**12 elements: XLA updates each in place, a whole-buffer write would
     # need a temporary of the buffer's size.
-    big = 2**14 + 1
+    big = 2**12 + 1
     packed = st.mutable({"a": jnp.zeros(big), "b": jnp.zeros(big)}, packed=True)
     new = st.State({("a",): jnp.ones(big), ("b",): jnp.full(big, 2.0)})
     assert _ref_writes(st.update, packed, new) == 2
@@ -236,6 +236,20 @@ def test_optimizer_writes_each_buffer_once():
         step(model, opt)
         step(plain, opt_plain)
     assert_same(st.unbox(st.freeze(model)), st.unbox(st.freeze(plain)))
+
+
+def test_large_arrays_keep_their_own_buffer():
+    from statetree._packed import LARGE
+
+    tree = {"big": st.Param(jnp.ones(LARGE)), "w": jnp.ones(3), "n": jnp.arange(2)}
+    packed = st.mutable(tree, packed=True)
+    assert sorted((str(b.dtype), b.shape) for b in packed.buffers) == [
+        ("float32", (LARGE,)),
+        ("uint32", (5,)),
+    ]
+    packed["big"][:2] = 3.0
+    assert packed["big"][:3].tolist() == [3.0, 3.0, 1.0]
+    assert_same(st.unbox(st.freeze(st.mutable(tree, packed=True))), st.unbox(tree))
 
 
 def test_dtypes_share_buffers_by_width():
