@@ -267,6 +267,11 @@ class Variable(ArrayBehaviour):
             )
         target = _indexed_shape(tuple(self._raw.shape), idx)
         value = jnp.asarray(new, dtype=dtype)
+        extra = value.ndim - len(target)
+        if extra > 0 and all(d == 1 for d in value.shape[:extra]):
+            # As NumPy does: leading size-1 axes beyond the target's rank are dropped
+            # (v[...] = x[None] writes x); other extra axes still do not broadcast.
+            value = value.reshape(value.shape[extra:])
         if value.shape != target:
             try:
                 value = jnp.broadcast_to(value, target)

@@ -183,6 +183,35 @@ def test_writes_broadcast_and_cast_like_numpy() -> None:
     assert h.dtype == jnp.bfloat16
 
 
+@pytest.mark.parametrize(
+    ("shape", "idx", "value_shape"),
+    [
+        ((3,), Ellipsis, (1, 3)),
+        ((3,), Ellipsis, (1, 1, 3)),
+        ((), Ellipsis, (1, 1)),
+        ((2, 3), 0, (1, 3)),
+        ((2, 3), slice(0, 1), (1, 1, 3)),
+        ((2, 3), Ellipsis, (1, 1, 1)),
+        ((3,), Ellipsis, (2, 3)),  # not size 1: both refuse
+        ((3,), Ellipsis, (1, 2, 3)),
+        ((2, 3), 0, (2, 1, 3)),
+    ],
+)
+def test_extra_leading_axes_follow_numpy(shape: tuple, idx: object, value_shape: tuple) -> None:
+    value = np.arange(np.prod(value_shape), dtype=np.float32).reshape(value_shape) + 1
+    expected = np.zeros(shape, np.float32)
+    v = st.Variable(jnp.zeros(shape), mutable=True)
+    try:
+        expected[idx] = value
+    except ValueError:
+        with pytest.raises(st.VariableWriteError, match=r"does not broadcast to the indexed"):
+            v[idx] = value
+        np.testing.assert_array_equal(v[...], np.zeros(shape))
+    else:
+        v[idx] = value
+        np.testing.assert_array_equal(v[...], expected)
+
+
 def test_write_shape_error_names_kind_and_shapes() -> None:
     v = st.Param(jnp.zeros((2, 3)), mutable=True)
     with pytest.raises(st.VariableWriteError, match=r"shape \(4,\).*Param float32\[2,3\]"):
