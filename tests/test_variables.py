@@ -229,6 +229,22 @@ def test_write_dtype_error_for_unsafe_casts(value: object) -> None:
     np.testing.assert_array_equal(v[...], [0, 0])
 
 
+@pytest.mark.parametrize(("dtype", "value"), [(jnp.uint8, -1), (jnp.int8, 300), (jnp.int8, -129)])
+def test_out_of_range_python_int_names_variable_value_and_range(dtype: object, value: int) -> None:
+    v = st.BatchStat(jnp.zeros(2, dtype), mutable=True)
+    with pytest.raises(OverflowError, match="out of bounds"):
+        np.zeros(2, np.dtype(dtype))[...] = value  # NumPy refuses it too
+    name = jnp.dtype(dtype).name
+    low, high = jnp.iinfo(dtype).min, jnp.iinfo(dtype).max
+    with pytest.raises(
+        st.VariableWriteError,
+        match=rf"Cannot write {value} into mutable BatchStat {name}\[2\]: .*range of {name} "
+        rf"\({low} to {high}\).*jnp\.asarray\(x\)\.astype\({name}\)\.$",
+    ):
+        v[0] = value
+    np.testing.assert_array_equal(v[...], [0, 0])
+
+
 def test_python_scalars_and_weak_values_take_the_variables_dtype() -> None:
     u = st.Variable(jnp.ones(3, jnp.uint32), mutable=True)
     u[...] = 0  # a Python int has no sign of its own
