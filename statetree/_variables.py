@@ -209,8 +209,13 @@ class Variable(ArrayBehaviour):
 
     @property
     def sharding(self) -> Any:
-        """The ``jax.sharding.Sharding`` of the value (kept by every conversion)."""
-        return self._raw.sharding
+        """The ``jax.sharding.Sharding`` of the value (kept by every conversion). Inside a
+        transform, the traced value's abstract sharding, as ``jax.typeof(x).sharding``
+        gives (tracers themselves have none)."""
+        raw = self._raw
+        if isinstance(raw, jax.core.Tracer):
+            return jax.typeof(raw).sharding
+        return raw.sharding
 
     # ---------------------------------------------------------------- reads
     @property

@@ -302,6 +302,19 @@ def test_operators_and_jnp_functions() -> None:
     assert int(st.Variable(jnp.array(3))) == 3
 
 
+@pytest.mark.parametrize("mutable", [False, True])
+def test_sharding_of_a_traced_variable_is_its_abstract_sharding(mutable: bool) -> None:
+    seen = []
+
+    @jax.jit
+    def f(v: st.Variable) -> None:
+        seen.append((v.sharding, jax.typeof(v[...]).sharding))
+
+    f(st.Variable(jnp.ones(2), mutable=mutable))
+    ((traced, of_value),) = seen
+    assert traced == of_value and traced.spec == jax.sharding.PartitionSpec(None)
+
+
 def test_variables_stay_hashable_despite_elementwise_eq() -> None:
     v = st.Variable(jnp.zeros(2))
     assert {v: 1}[v] == 1
