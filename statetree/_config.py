@@ -6,7 +6,8 @@ its own setting and a ``with`` block in one never leaks into another.
 
 import contextvars
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -47,7 +48,9 @@ class use_mutable_arrays:
       >>> v.mutable, st.Variable(jnp.zeros(3)).mutable
       (True, False)
 
-      As a decorator, each call of the function runs with the flag set:
+      As a decorator, each call of the function runs with the flag set (for ``async def``
+      functions, across their awaits; for generators, during each resume, with the
+      caller's own setting back between them):
 
       >>> @st.use_mutable_arrays(True)
       ... def init():
@@ -80,6 +83,20 @@ class use_mutable_arrays:
 
     def __call__(self, fn: F) -> F:
         flag = self._flag
+        if inspect.isasyncgenfunction(fn):
+            return functools.wraps(fn)(_async_generator(fn, flag))  # type: ignore[return-value]
+        if inspect.isgeneratorfunction(fn):
+            return functools.wraps(fn)(_generator(fn, flag))  # type: ignore[return-value]
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def coroutine(*args: Any, **kwargs: Any) -> Any:
+                # The flag is held while the body runs, awaits included: set in this
+                # task's context, it is not seen by other tasks meanwhile.
+                with use_mutable_arrays(flag):
+                    return await fn(*args, **kwargs)
+
+            return coroutine  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -91,3 +108,63 @@ class use_mutable_arrays:
 
     def __repr__(self) -> str:
         return f"use_mutable_arrays({self._flag})"
+
+
+# Generators run in pieces, each in the context of whoever resumes them: the flag is set
+# around each resume (next/send/throw/close) and the caller's own setting is back between
+# them. Otherwise the `with` would end as soon as the generator object was created.
+def _generator(fn: Callable[..., Any], flag: bool) -> Callable[..., Generator[Any, Any, Any]]:
+    def generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        inner = fn(*args, **kwargs)  # runs none of the body yet
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            token = _MUTABLE_DEFAULT.set(flag)
+            try:
+                item = inner.send(sent) if thrown is None else inner.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                _MUTABLE_DEFAULT.reset(token)
+            sent, thrown = None, None
+            try:
+                sent = yield item
+            except GeneratorExit:
+                with use_mutable_arrays(flag):
+                    inner.close()
+                raise
+            except BaseException as exc:  # thrown in by the caller: pass it on
+                thrown = exc
+
+    return generator
+
+
+def _async_generator(
+    fn: Callable[..., Any], flag: bool
+) -> Callable[..., AsyncGenerator[Any, Any]]:
+    async def generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        inner = fn(*args, **kwargs)
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            token = _MUTABLE_DEFAULT.set(flag)
+            try:
+                if thrown is None:
+                    item = await inner.asend(sent)
+                else:
+                    item = await inner.athrow(thrown)
+            except StopAsyncIteration:
+                return
+            finally:
+                _MUTABLE_DEFAULT.reset(token)
+            sent, thrown = None, None
+            try:
+                sent = yield item
+            except GeneratorExit:
+                with use_mutable_arrays(flag):
+                    await inner.aclose()
+                raise
+            except BaseException as exc:
+                thrown = exc
+
+    return generator

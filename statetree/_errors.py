@@ -53,7 +53,8 @@ class FrozenVariableError(StateTreeError, TypeError):
 
 class VariableWriteError(StateTreeError, ValueError):
     """A write whose value does not fit the Variable: shapes that do not broadcast,
-    or a dtype that NumPy's ``same_kind`` casting rejects.
+    a dtype that NumPy's ``same_kind`` casting rejects, or a Python int out of the
+    dtype's range.
 
     Examples:
       >>> import jax.numpy as jnp, statetree as st

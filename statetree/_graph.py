@@ -196,9 +196,10 @@ class GraphDef:
         return self._occurrences
 
     def path_index(self) -> dict[Path, int]:
-        """A dict from each value's first path to its value index."""
+        """A dict from every path at which a value occurs (a shared Variable's later
+        paths too) to its value index."""
         if self._path_index is None:
-            self._path_index = {p: i for i, p in enumerate(self.paths())}
+            self._path_index = {p: i for i, paths in enumerate(self.occurrences()) for p in paths}
         return self._path_index
 
     def __repr__(self) -> str:

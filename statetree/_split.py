@@ -159,8 +159,9 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
         if keys.graphdef is graphdef and keys.indices == range(n):
             return states[0]._values
     values: list[Any] = [_MISSING] * n
+    given_at: list[Path | None] = [None] * n
     extra: list[Path] = []
-    duplicated: list[Path] = []
+    conflicts: list[str] = []
     index = None
     for s in states:
         if not isinstance(s, State):
@@ -177,12 +178,13 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
         for pos, value, k in zip(positions, s._values, range(len(s._values)), strict=False):
             if pos is None:
                 extra.append(s.paths()[k])
-            elif values[pos] is not _MISSING:
-                duplicated.append(s.paths()[k])
-            else:
+            elif values[pos] is _MISSING:
                 values[pos] = value
+                given_at[pos] = s.paths()[k]
+            elif given_at[pos] == s.paths()[k] or values[pos] is not value:
+                conflicts.append(_conflict(given_at[pos], s.paths()[k]))  # type: ignore[arg-type]
     missing = [i for i, v in enumerate(values) if v is _MISSING]
-    if extra or missing or duplicated:
+    if extra or missing or conflicts:
         paths = graphdef.paths()
         problems = []
         if missing:
@@ -192,8 +194,8 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
             )
         if extra:
             problems.append("extra (in a State, not in the GraphDef):\n" + format_paths(extra))
-        if duplicated:
-            problems.append("given twice (in more than one State):\n" + format_paths(duplicated))
+        if conflicts:
+            problems.append("given twice:\n" + "\n".join(conflicts))
         raise StructureError(
             f"{what}: the States do not fit the GraphDef.\n"
             + "\n".join(problems)
@@ -201,6 +203,17 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
             "GraphDef; a GraphDef from another structure does not fit."
         )
     return values
+
+
+def _conflict(first: Path, second: Path) -> str:
+    """One line for a value given twice: under one path, or two different values under
+    two paths of one shared Variable or Ref."""
+    if first == second:
+        return f"  {format_path(first)}: given twice (in more than one State)"
+    return (
+        f"  {format_path(first)} and {format_path(second)}: two paths of one shared "
+        "Variable, given two different values; give it one value, under one of them"
+    )
 
 
 def _check_kinds(graphdef: GraphDef, values: list[Any], what: str) -> None:
@@ -244,7 +257,8 @@ def merge(graphdef: GraphDef, *states: State) -> Any:
 
     Raises:
       StructureError: the States miss paths the GraphDef has, have paths it lacks, give
-        a path twice, or hold another kind than it records.
+        one value two different values (under one path, or under two paths of a shared
+        Variable), or hold another kind than it records.
       TypeError: ``graphdef`` is not a GraphDef, or a later argument is not a State.
 
     Examples:
@@ -274,9 +288,9 @@ def merge(graphdef: GraphDef, *states: State) -> Any:
 def update(tree: Any, *states: State) -> None:
     """Write the States' values into ``tree``'s Variables, in place.
 
-    States may cover any subset of the tree's paths. Every path must exist in the tree
-    and match its kind, shape and dtype; otherwise nothing is written and the error
-    names every offending path.
+    States may cover any subset of the tree's paths, under any path at which a shared
+    Variable occurs. Every path must exist in the tree and match its kind, shape and
+    dtype; otherwise nothing is written and the error names every offending path.
 
     Args:
       tree: a live tree whose targets are mutable (Variables or raw Refs).
@@ -284,8 +298,9 @@ def update(tree: Any, *states: State) -> None:
         ``st.State({path: value})``).
 
     Raises:
-      StructureError: a path is not in the tree, its kind, shape or dtype differ, or the
-        tree holds a frozen Variable or bare array there (make it mutable first).
+      StructureError: a path is not in the tree, its kind, shape or dtype differ, the
+        tree holds a frozen Variable or bare array there (make it mutable first), or two
+        paths of one shared Variable are given different values.
       TypeError: an argument after ``tree`` is not a State.
 
     Examples:
@@ -297,6 +312,7 @@ def update(tree: Any, *states: State) -> None:
     """
     graphdef, targets = _graph.flatten(tree)
     writes: list[tuple[Any, Any]] = []
+    chosen: dict[int, tuple[Path, Any]] = {}  # value index -> (path, value) to write
     problems: list[str] = []
     for s in states:
         if not isinstance(s, State):
@@ -309,18 +325,27 @@ def update(tree: Any, *states: State) -> None:
             # Same structure (e.g. a State of this very tree): value indices line up.
             positions: Sequence[int | None] = keys.indices  # type: ignore[assignment]
         else:
-            index = graphdef.path_index()
+            index = graphdef.path_index()  # every path of a shared value, not only its first
             positions = [index.get(p) for p in s.paths()]
         for k, (i, new) in enumerate(zip(positions, s._values, strict=True)):
             if i is None:
                 problems.append(f"  {format_path(s.paths()[k])}: not in the tree (extra path)")
                 continue
-            target = targets[i]
-            problem = _check_write(target, new)
-            if problem:
-                problems.append(f"  {format_path(graphdef.paths()[i])}: {problem}")
-            else:
-                writes.append((target, new))
+            path = s.paths()[k]
+            before = chosen.get(i)
+            if before is not None and before[0] != path and before[1] is not new:
+                # Two paths of one shared Variable with two values: which one lands
+                # would depend on the order of the writes.
+                problems.append(_conflict(before[0], path))
+            elif before is None or before[0] == path:
+                chosen[i] = (path, new)  # the same path in a later State wins
+    for i, (_, new) in chosen.items():
+        target = targets[i]
+        problem = _check_write(target, new)
+        if problem:
+            problems.append(f"  {format_path(graphdef.paths()[i])}: {problem}")
+        else:
+            writes.append((target, new))
     if problems:
         raise StructureError(
             f"update: {len(problems)} path(s) cannot be written; nothing was written:\n"

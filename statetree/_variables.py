@@ -116,7 +116,8 @@ class Variable(ArrayBehaviour):
       RefValueError: ``value`` is a ``jax.Ref``.
       FrozenVariableError: on a write, when the Variable is frozen.
       VariableWriteError: on a write, when the value's shape does not broadcast to the
-        indexed shape or its dtype cannot be cast (``same_kind``).
+        indexed shape, its dtype cannot be cast (``same_kind``), or a Python int is out
+        of the dtype's range.
 
     Examples:
       A mutable Variable is updated in place by a jitted function that returns nothing:
@@ -208,8 +209,13 @@ class Variable(ArrayBehaviour):
 
     @property
     def sharding(self) -> Any:
-        """The ``jax.sharding.Sharding`` of the value (kept by every conversion)."""
-        return self._raw.sharding
+        """The ``jax.sharding.Sharding`` of the value (kept by every conversion). Inside a
+        transform, the traced value's abstract sharding, as ``jax.typeof(x).sharding``
+        gives (tracers themselves have none)."""
+        raw = self._raw
+        if isinstance(raw, jax.core.Tracer):
+            return jax.typeof(raw).sharding
+        return raw.sharding
 
     # ---------------------------------------------------------------- reads
     @property
@@ -266,7 +272,23 @@ class Variable(ArrayBehaviour):
                 f"jnp.round(x).astype({dtype}))."
             )
         target = _indexed_shape(tuple(self._raw.shape), idx)
-        value = jnp.asarray(new, dtype=dtype)
+        try:
+            value = jnp.asarray(new, dtype=dtype)
+        except OverflowError:
+            # A Python int out of the dtype's range (NumPy refuses it too).
+            info = jnp.iinfo(dtype) if jnp.issubdtype(dtype, jnp.integer) else None
+            bounds = f" ({info.min} to {info.max})" if info is not None else ""
+            raise VariableWriteError(
+                f"Cannot write {new!r} into {self._describe()}: it is out of the range of "
+                f"{dtype}{bounds}, and NumPy refuses such a write rather than wrap it "
+                f"around. Write a value in range, or wrap it on purpose with "
+                f"jnp.asarray(x).astype({dtype})."
+            ) from None
+        extra = value.ndim - len(target)
+        if extra > 0 and all(d == 1 for d in value.shape[:extra]):
+            # As NumPy does: leading size-1 axes beyond the target's rank are dropped
+            # (v[...] = x[None] writes x); other extra axes still do not broadcast.
+            value = value.reshape(value.shape[extra:])
         if value.shape != target:
             try:
                 value = jnp.broadcast_to(value, target)

@@ -2,6 +2,8 @@
 
 import asyncio
 import threading
+from collections.abc import AsyncGenerator, Generator
+from typing import Any
 
 import jax.numpy as jnp
 import pytest
@@ -91,3 +93,83 @@ def test_flag_must_be_a_bool() -> None:
 
 def test_repr() -> None:
     assert repr(st.use_mutable_arrays(True)) == "use_mutable_arrays(True)"
+
+
+def test_decorated_coroutine_holds_the_flag_across_awaits() -> None:
+    @st.use_mutable_arrays(True)
+    async def on(ready: asyncio.Event, go: asyncio.Event) -> tuple[bool, bool]:
+        before = new_is_mutable()
+        ready.set()
+        await go.wait()  # the undecorated task runs meanwhile
+        return before, new_is_mutable()
+
+    async def off(ready: asyncio.Event, go: asyncio.Event) -> bool:
+        await ready.wait()
+        seen = new_is_mutable()
+        go.set()
+        return seen
+
+    async def main() -> list[Any]:
+        ready, go = asyncio.Event(), asyncio.Event()
+        return list(await asyncio.gather(on(ready, go), off(ready, go)))
+
+    assert asyncio.iscoroutinefunction(on) and on.__name__ == "on"
+    assert asyncio.run(main()) == [(True, True), False]
+    assert not new_is_mutable()
+
+
+def test_decorated_generator_sets_the_flag_around_each_resume() -> None:
+    @st.use_mutable_arrays(True)
+    def gen() -> Generator[bool, Any, str]:
+        got = yield new_is_mutable()
+        assert got == "sent"
+        try:
+            yield new_is_mutable()
+        except KeyError:
+            yield new_is_mutable()
+        return "done"
+
+    it = gen()
+    assert next(it) is True and not new_is_mutable()  # the caller's setting between
+    with st.use_mutable_arrays(False):
+        assert it.send("sent") is True and not new_is_mutable()
+    assert it.throw(KeyError("k")) is True and not new_is_mutable()
+    with pytest.raises(StopIteration) as stop:
+        next(it)
+    assert stop.value.value == "done" and not new_is_mutable()
+    assert gen.__name__ == "gen"
+
+
+def test_decorated_generator_close_and_errors() -> None:
+    seen = []
+
+    @st.use_mutable_arrays(True)
+    def gen() -> Generator[int, None, None]:
+        try:
+            yield 1
+            raise ValueError("inside the generator")
+        finally:
+            seen.append(new_is_mutable())
+
+    it = gen()
+    next(it)
+    it.close()  # the generator's cleanup runs with the flag set
+    assert seen == [True] and not new_is_mutable()
+    it = gen()
+    next(it)
+    with pytest.raises(ValueError, match="inside the generator"):
+        next(it)
+    assert seen == [True, True] and not new_is_mutable()
+
+
+def test_decorated_async_generator_sets_the_flag_around_each_resume() -> None:
+    @st.use_mutable_arrays(True)
+    async def agen() -> AsyncGenerator[bool, None]:
+        yield new_is_mutable()
+        await asyncio.sleep(0)
+        yield new_is_mutable()
+
+    async def main() -> list[tuple[bool, bool]]:
+        return [(item, new_is_mutable()) async for item in agen()]
+
+    assert asyncio.run(main()) == [(True, False), (True, False)]

@@ -160,6 +160,103 @@ def test_any_jax_pytree_attribute_holding_arrays_is_data():
     assert isinstance(model.box.x, st.Variable) and model.pair.b == "tag"
 
 
+@st.register_node
+class Seq:
+    def __init__(self) -> None:
+        self.layers = [Linear(2, 2), jax.nn.relu, Linear(2, 2)]
+
+    def __call__(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@st.register_node
+class Repeat:
+    def __init__(self, depth: int) -> None:
+        self.cfg = {"depth": depth, "w": st.Param(jnp.full(2, 2.0)), "name": "rep"}
+
+    def __call__(self, x: Any) -> Any:
+        for _ in range(self.cfg["depth"]):  # a Python int, also under jit
+            x = x * self.cfg["w"]
+        return x
+
+
+def test_static_items_inside_a_data_attribute_stay_static():
+    seq = st.mutable(Seq())
+    assert seq.layers[1] is jax.nn.relu
+    keys = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(seq)[0]]
+    assert all(k.startswith((".layers[0].", ".layers[2].")) for k in keys)  # relu: no leaf
+    traces = []
+
+    @jax.jit
+    def apply(model, x):
+        traces.append(model.layers[1])
+        model.layers[2].kernel[...] += 1.0
+        return model(x)
+
+    x = jnp.array([1.0, -3.0])
+    hidden = jax.nn.relu(x @ jnp.ones((2, 2)) + jnp.array([0.0, 3.0]))
+    seq.layers[0].bias = jnp.array([0.0, 3.0])  # a bare array: one ReLU unit is active
+    np.testing.assert_allclose(apply(seq, x), hidden @ jnp.full((2, 2), 2.0))
+    np.testing.assert_allclose(seq.layers[2].kernel[...], jnp.full((2, 2), 2.0))
+    assert traces == [jax.nn.relu]
+
+    graphdef, state = st.split(seq)
+    assert set(state.paths()) == {("layers", i, k) for i in (0, 2) for k in ("kernel", "bias")}
+    merged = st.merge(graphdef, state)
+    assert merged.layers[1] is jax.nn.relu and merged.layers[0].kernel is seq.layers[0].kernel
+
+
+def test_static_items_in_a_dict_attribute_key_the_jit_cache():
+    traces = []
+
+    @jax.jit
+    def apply(model, x):
+        traces.append(model.cfg["depth"])
+        return model(x)
+
+    x = jnp.ones(2)
+    np.testing.assert_allclose(apply(st.mutable(Repeat(2)), x), jnp.full(2, 4.0))
+    np.testing.assert_allclose(apply(st.mutable(Repeat(2)), x), jnp.full(2, 4.0))
+    np.testing.assert_allclose(apply(st.mutable(Repeat(3)), x), jnp.full(2, 8.0))
+    assert traces == [2, 3]
+
+    graphdef, state = st.split(Repeat(3))
+    assert list(state.paths()) == [("cfg", "w")]
+    assert graphdef != st.split(Repeat(2))[0] and graphdef == st.split(Repeat(3))[0]
+    merged = st.merge(graphdef, state)
+    assert merged.cfg["depth"] == 3 and merged.cfg["name"] == "rep"
+    np.testing.assert_allclose(merged(x), jnp.full(2, 8.0))
+    # Any transform of the leaves keeps the static items: eqx-style partitions put None.
+    blank = jax.tree.map(lambda _: None, Repeat(2))
+    assert blank.cfg["depth"] == 2 and blank.cfg["w"].value is None
+
+
+def test_container_that_cannot_hold_holes_stays_whole():
+    @jax.tree_util.register_pytree_node_class
+    class Strict:
+        def __init__(self, x: Any, tag: Any) -> None:
+            if not isinstance(tag, str):
+                raise TypeError("tag must be a string")
+            self.x, self.tag = x, tag
+
+        def tree_flatten(self) -> tuple[tuple[Any, Any], None]:
+            return (self.x, self.tag), None
+
+        @classmethod
+        def tree_unflatten(cls, aux: None, children: Any) -> "Strict":
+            return cls(*children)
+
+    @st.register_node
+    class Holder:
+        def __init__(self) -> None:
+            self.strict = Strict(jnp.ones(2), "tag")
+
+    model = st.merge(*st.split(st.mutable(Holder())))
+    assert model.strict.tag == "tag" and isinstance(model.strict.x, st.Variable)
+
+
 def test_subclasses_are_nodes_for_jit_too():
     seen = []
 

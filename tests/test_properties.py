@@ -183,3 +183,135 @@ def test_update_of_a_packed_tree_equals_the_plain_tree(
     st.update(packed, *states)
     st.update(plain, *states)
     assert_trees_equal(st.unbox(st.freeze(packed)), st.unbox(st.freeze(plain)))
+
+
+# ---------------------------------------------------------- registered nodes, filters
+@st.register_node
+class Box:
+    """A user class: some attributes data, some static, a list mixing both."""
+
+
+@hs.composite
+def node_trees(draw: hs.DrawFn) -> Any:
+    """Random trees holding registered nodes, some reached through several paths."""
+    pool: list[Any] = []
+    for i in range(draw(hs.integers(1, 3))):
+        kind = draw(hs.sampled_from(KINDS))
+        pool.append(kind(jnp.full((2,), float(i)), mutable=draw(hs.booleans())))
+
+    def subtrees(shared: list[Any]) -> Any:
+        return hs.recursive(
+            leaves(shared),
+            lambda children: hs.one_of(
+                hs.dictionaries(hs.sampled_from("abc"), children, max_size=2),
+                hs.lists(children, max_size=2),
+            ),
+            max_leaves=4,
+        )
+
+    nodes: list[Any] = []
+    for i in range(draw(hs.integers(1, 3))):
+        node = Box()
+        node.tag = f"n{i}"  # static
+        node.body = draw(subtrees(pool + nodes))  # may hold earlier nodes: shared
+        node.mixed = [draw(leaves(pool + nodes)), jax.nn.relu, i]  # data beside statics
+        nodes.append(node)
+    return draw(subtrees(pool + nodes))
+
+
+ANY_TREES = hs.one_of(trees(), node_trees())
+
+
+def walk(tree: Any) -> list[Any]:
+    """Every leaf position, entering nodes (a shared node is entered at each position)."""
+    out = []
+    for leaf in jax.tree_util.tree_leaves(
+        tree, is_leaf=lambda x: isinstance(x, (st.Variable, Box))
+    ):
+        out.append(leaf)
+        if isinstance(leaf, Box):
+            out += walk(vars(leaf))
+    return out
+
+
+def has_identity(x: Any) -> bool:
+    return isinstance(x, (st.Variable, Box)) or st.is_mutable(x)
+
+
+@SETTINGS
+@given(node_trees())
+def test_nodes_keep_identity_through_split_merge_mutable_freeze(tree: Any) -> None:
+    before = walk(tree)
+    known = [i for i, x in enumerate(before) if has_identity(x)]
+    merged = st.merge(*st.split(tree))
+    made_mutable = st.mutable(tree)
+    for result in (merged, made_mutable, st.freeze(made_mutable)):
+        after = walk(result)
+        assert len(after) == len(before)
+        assert identity_classes([after[i] for i in known]) == identity_classes(
+            [before[i] for i in known]
+        )
+        assert_trees_equal(st.unbox(st.freeze(result)), st.unbox(tree))
+    assert all(
+        merged_x is x for merged_x, x in zip(graph_values(merged), graph_values(tree), strict=True)
+    )
+
+
+@SETTINGS
+@given(ANY_TREES, hs.sampled_from(FILTERS))
+def test_mutable_and_freeze_convert_exactly_what_the_filter_matches(tree: Any, f: Any) -> None:
+    items = list(st.state(tree).items())  # each value once, under its first path
+    made = list(st.state(st.mutable(tree, only=f)).items())
+    assert [p for p, _ in made] == [p for p, _ in items]
+    for (path, old), (_, new) in zip(items, made, strict=True):
+        if not _matches(f, path, old):
+            assert new is old
+        elif isinstance(old, st.Variable):  # same kind; kept when already mutable
+            assert new.mutable and type(new) is type(old) and (new is old) == old.mutable
+        elif st.is_mutable(old):  # a raw Ref is kept
+            assert new is old
+        else:  # a bare array becomes a mutable Variable
+            assert type(new) is st.Variable and new.mutable
+    # Freezing a raw Ref gives an array, and arrays are values (a shared Ref becomes
+    # two arrays): compare position by position, deciding once per object.
+    mutable_tree = st.mutable(tree)
+    matched = {id(v): _matches(f, p, v) for p, v in st.state(mutable_tree).items()}
+    before, after = walk(mutable_tree), walk(st.freeze(mutable_tree, only=f))
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        if not (isinstance(old, st.Variable) or st.is_mutable(old)):
+            continue
+        if not matched[id(old)]:
+            assert new is old
+            continue
+        # A Variable: a frozen one of its kind; a raw Ref: its array.
+        assert not st.is_mutable(new)
+        assert (
+            type(new) is type(old) if isinstance(old, st.Variable) else isinstance(new, jax.Array)
+        )
+        np.testing.assert_array_equal(np.asarray(new[...]), np.asarray(old[...]))
+
+
+@SETTINGS
+@given(ANY_TREES, hs.sampled_from(FILTERS), hs.integers(0, 2**16), hs.integers(-5, 5))
+def test_state_with_a_filter_then_update_writes_exactly_those(
+    tree: Any, f: Any, which_path: int, fill: int
+) -> None:
+    m = st.mutable({"x": tree, "y": tree})  # each Variable, Ref and node at two paths
+    graphdef, everything = st.split(m)
+    before = [np.asarray(v[...]) for v in everything.values()]
+    chosen = st.state(m, f)
+    assert all(_matches(f, p, v) for p, v in chosen.items())
+    # Give each value under any of its paths (a shared Variable has several).
+    occurrences = dict(zip(graphdef.paths(), graphdef.occurrences(), strict=True))
+    new = st.State(
+        {
+            occurrences[p][which_path % len(occurrences[p])]: jnp.full(v.shape, fill, v.dtype)
+            for p, v in chosen.items()
+        }
+    )
+    st.update(m, new)
+    written = set(chosen.paths())
+    for (path, value), old in zip(st.state(m).items(), before, strict=True):
+        want = np.full(old.shape, fill, old.dtype) if path in written else old
+        np.testing.assert_array_equal(np.asarray(value[...]), want)

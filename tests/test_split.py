@@ -318,3 +318,46 @@ def test_update_into_bare_arrays_says_make_mutable() -> None:
 def test_update_needs_states() -> None:
     with suppress_type_checks(), pytest.raises(TypeError, match="expected States"):
         st.update(model(), {"count": 1})  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ shared Variables' later paths
+def shared_tree() -> dict:
+    v = st.Variable(jnp.zeros(2), mutable=True)
+    return {"a": v, "b": v, "c": st.Variable(jnp.zeros(2), mutable=True)}
+
+
+def test_update_accepts_any_path_of_a_shared_variable() -> None:
+    tree = shared_tree()
+    st.update(tree, st.State({("b",): jnp.ones(2)}))  # "b" is the Variable's second path
+    np.testing.assert_array_equal(tree["a"][...], [1, 1])
+    same = jnp.full(2, 2.0)
+    st.update(tree, st.State({("a",): same}), st.State({("b",): same}))  # one value: fine
+    np.testing.assert_array_equal(tree["a"][...], [2, 2])
+
+
+def test_update_two_values_for_one_shared_variable_names_both_paths() -> None:
+    tree = shared_tree()
+    new = st.State({("b",): jnp.ones(2), ("c",): jnp.ones(2), ("a",): jnp.full(2, 3.0)})
+    with pytest.raises(
+        st.StructureError,
+        match=r"nothing was written:\n  \['b'\] and \['a'\]: two paths of one shared Variable, "
+        r"given two different values; give it one value",
+    ):
+        st.update(tree, new)
+    assert float(tree["a"][0]) == 0.0 and float(tree["c"][0]) == 0.0  # nothing written
+
+
+def test_merge_accepts_any_path_of_a_shared_variable() -> None:
+    tree = shared_tree()
+    graphdef, _ = st.split(tree)
+    by_second_path = st.State({("b",): tree["a"], ("c",): tree["c"]})
+    merged = st.merge(graphdef, by_second_path)
+    assert merged["a"] is merged["b"] is tree["a"]
+    both = st.State({("a",): tree["a"], ("b",): tree["a"], ("c",): tree["c"]})
+    assert st.merge(graphdef, both)["b"] is tree["a"]
+    other = st.State({("a",): tree["a"], ("b",): tree["c"], ("c",): tree["c"]})
+    with pytest.raises(
+        st.StructureError,
+        match=r"given twice:\n  \['a'\] and \['b'\]: two paths of one shared Variable",
+    ):
+        st.merge(graphdef, other)

@@ -183,6 +183,35 @@ def test_writes_broadcast_and_cast_like_numpy() -> None:
     assert h.dtype == jnp.bfloat16
 
 
+@pytest.mark.parametrize(
+    ("shape", "idx", "value_shape"),
+    [
+        ((3,), Ellipsis, (1, 3)),
+        ((3,), Ellipsis, (1, 1, 3)),
+        ((), Ellipsis, (1, 1)),
+        ((2, 3), 0, (1, 3)),
+        ((2, 3), slice(0, 1), (1, 1, 3)),
+        ((2, 3), Ellipsis, (1, 1, 1)),
+        ((3,), Ellipsis, (2, 3)),  # not size 1: both refuse
+        ((3,), Ellipsis, (1, 2, 3)),
+        ((2, 3), 0, (2, 1, 3)),
+    ],
+)
+def test_extra_leading_axes_follow_numpy(shape: tuple, idx: object, value_shape: tuple) -> None:
+    value = np.arange(np.prod(value_shape), dtype=np.float32).reshape(value_shape) + 1
+    expected = np.zeros(shape, np.float32)
+    v = st.Variable(jnp.zeros(shape), mutable=True)
+    try:
+        expected[idx] = value
+    except ValueError:
+        with pytest.raises(st.VariableWriteError, match=r"does not broadcast to the indexed"):
+            v[idx] = value
+        np.testing.assert_array_equal(v[...], np.zeros(shape))
+    else:
+        v[idx] = value
+        np.testing.assert_array_equal(v[...], expected)
+
+
 def test_write_shape_error_names_kind_and_shapes() -> None:
     v = st.Param(jnp.zeros((2, 3)), mutable=True)
     with pytest.raises(st.VariableWriteError, match=r"shape \(4,\).*Param float32\[2,3\]"):
@@ -197,6 +226,22 @@ def test_write_dtype_error_for_unsafe_casts(value: object) -> None:
     v = st.Variable(jnp.zeros(2, jnp.int32), mutable=True)
     with pytest.raises(st.VariableWriteError, match=r"same_kind.*-> int32.*astype"):
         v[...] = value
+    np.testing.assert_array_equal(v[...], [0, 0])
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(jnp.uint8, -1), (jnp.int8, 300), (jnp.int8, -129)])
+def test_out_of_range_python_int_names_variable_value_and_range(dtype: object, value: int) -> None:
+    v = st.BatchStat(jnp.zeros(2, dtype), mutable=True)
+    with pytest.raises(OverflowError, match="out of bounds"):
+        np.zeros(2, np.dtype(dtype))[...] = value  # NumPy refuses it too
+    name = jnp.dtype(dtype).name
+    low, high = jnp.iinfo(dtype).min, jnp.iinfo(dtype).max
+    with pytest.raises(
+        st.VariableWriteError,
+        match=rf"Cannot write {value} into mutable BatchStat {name}\[2\]: .*range of {name} "
+        rf"\({low} to {high}\).*jnp\.asarray\(x\)\.astype\({name}\)\.$",
+    ):
+        v[0] = value
     np.testing.assert_array_equal(v[...], [0, 0])
 
 
@@ -255,6 +300,19 @@ def test_operators_and_jnp_functions() -> None:
     np.testing.assert_array_equal(w.T, [[1, 3], [2, 4]])  # array attributes forwarded
     assert float(st.Variable(jnp.array(2.5))) == 2.5
     assert int(st.Variable(jnp.array(3))) == 3
+
+
+@pytest.mark.parametrize("mutable", [False, True])
+def test_sharding_of_a_traced_variable_is_its_abstract_sharding(mutable: bool) -> None:
+    seen = []
+
+    @jax.jit
+    def f(v: st.Variable) -> None:
+        seen.append((v.sharding, jax.typeof(v[...]).sharding))
+
+    f(st.Variable(jnp.ones(2), mutable=mutable))
+    ((traced, of_value),) = seen
+    assert traced == of_value and traced.spec == jax.sharding.PartitionSpec(None)
 
 
 def test_variables_stay_hashable_despite_elementwise_eq() -> None:
