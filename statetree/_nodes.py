@@ -247,7 +247,9 @@ def register_node(cls: T) -> T:
     dataclasses (frozen ones too); instances are rebuilt without calling ``__init__``.
     Attributes holding arrays, Variables, Refs or registered nodes (directly or inside
     lists, tuples, dicts or any other JAX pytree) are data; the others are static and
-    part of the structure. Subclasses of ``cls`` are registered too, when defined.
+    part of the structure, and so are the items inside a data attribute that are not
+    data (the ``jax.nn.relu`` in ``[Linear(...), jax.nn.relu, Linear(...)]``).
+    Subclasses of ``cls`` are registered too, when defined.
     An instance reached through two paths is one object again after ``st.split`` /
     ``st.merge`` and after ``st.mutable`` / ``st.freeze``.
 
