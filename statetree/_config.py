@@ -119,13 +119,11 @@ def _generator(fn: Callable[..., Any], flag: bool) -> Callable[..., Generator[An
         sent: Any = None
         thrown: BaseException | None = None
         while True:
-            token = _MUTABLE_DEFAULT.set(flag)
             try:
-                item = inner.send(sent) if thrown is None else inner.throw(thrown)
+                with use_mutable_arrays(flag):
+                    item = inner.send(sent) if thrown is None else inner.throw(thrown)
             except StopIteration as stop:
                 return stop.value
-            finally:
-                _MUTABLE_DEFAULT.reset(token)
             sent, thrown = None, None
             try:
                 sent = yield item
@@ -147,16 +145,12 @@ def _async_generator(
         sent: Any = None
         thrown: BaseException | None = None
         while True:
-            token = _MUTABLE_DEFAULT.set(flag)
             try:
-                if thrown is None:
-                    item = await inner.asend(sent)
-                else:
-                    item = await inner.athrow(thrown)
+                with use_mutable_arrays(flag):
+                    resumed = inner.asend(sent) if thrown is None else inner.athrow(thrown)
+                    item = await resumed
             except StopAsyncIteration:
                 return
-            finally:
-                _MUTABLE_DEFAULT.reset(token)
             sent, thrown = None, None
             try:
                 sent = yield item
