@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _storage
+from . import _storage, _writes
 from ._array_ops import ArrayBehaviour
 from ._config import mutable_arrays_enabled
-from ._errors import FrozenVariableError, RefValueError, VariableWriteError
+from ._errors import FrozenVariableError, RefValueError
 
 __all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable"]
 
@@ -30,60 +30,6 @@ try:
     _AD_TRACERS: tuple[type, ...] = (JVPTracer, LinearizeTracer)
 except ImportError:  # pragma: no cover - private names moved; JAX's own error remains
     _AD_TRACERS = ()
-
-# NumPy's `same_kind` casting as a ranking of dtype families: a value may be written into
-# a Variable whose family ranks the same or higher.
-_FAMILIES = (
-    (jnp.bool_, 0),
-    (jnp.unsignedinteger, 1),
-    (jnp.signedinteger, 2),
-    (jnp.floating, 3),
-    (jnp.complexfloating, 4),
-)
-
-
-def _family(dtype: Any) -> int:
-    for generic, rank in _FAMILIES:
-        if jnp.issubdtype(dtype, generic):
-            return rank
-    return -1  # keys, opaque dtypes: only an exact dtype match is accepted
-
-
-# Python scalars have a family but no width: they take the Variable's dtype. An `int`
-# ranks as unsigned so that it may go into unsigned, signed and floating Variables alike.
-_PY_FAMILIES = {bool: 0, int: 1, float: 3, complex: 4}
-
-
-def _source(new: Any) -> tuple[str, str, Any, int]:
-    """``(description, type name, dtype or None, family)`` of a value to be written."""
-    if type(new) in _PY_FAMILIES:
-        name = type(new).__name__
-        return f"a Python {name}", name, None, _PY_FAMILIES[type(new)]
-    dtype = jnp.result_type(new)
-    family = _family(dtype)
-    if family == 2 and isinstance(new, jax.Array) and jax.typeof(new).weak_type:
-        family = 1  # a weakly typed int (from a Python int) takes the Variable's dtype
-    return f"a value of dtype {dtype}", str(dtype), dtype, family
-
-
-def _can_cast(src_dtype: Any, src_family: int, dst: Any) -> bool:
-    if src_dtype is not None and src_dtype == dst:
-        return True
-    d = _family(dst)
-    return src_family >= 0 and d >= 0 and src_family <= d
-
-
-def _indexed_shape(shape: tuple[int, ...], idx: Any) -> tuple[int, ...]:
-    """The shape ``array[idx]`` has, computed without touching any data."""
-    if idx is Ellipsis:
-        return shape
-    try:
-        # A zero-strided NumPy view: basic and NumPy-array indexing cost nothing.
-        return np.broadcast_to(np.bool_(False), shape)[idx].shape
-    except (IndexError, TypeError, ValueError):
-        # Indices holding jax arrays or tracers: ask JAX.
-        probe = jax.ShapeDtypeStruct(shape, jnp.bool_)
-        return jax.eval_shape(lambda a: a[idx], probe).shape
 
 
 class Variable(ArrayBehaviour):
@@ -262,43 +208,7 @@ class Variable(ArrayBehaviour):
                 f"Cannot write a jax.Ref into {self._describe()}: a Variable stores "
                 "values, not references. Write its current value instead: v[...] = ref[...]."
             )
-        dtype = self._raw.dtype
-        described, name, src_dtype, src_family = _source(new)
-        if not _can_cast(src_dtype, src_family, dtype):
-            raise VariableWriteError(
-                f"Cannot write {described} into {self._describe()}: NumPy's "
-                f"'same_kind' casting does not allow {name} -> {dtype}, and a silent cast "
-                f"would lose data. Convert it explicitly, e.g. x.astype({dtype}) (or "
-                f"jnp.round(x).astype({dtype}))."
-            )
-        target = _indexed_shape(tuple(self._raw.shape), idx)
-        try:
-            value = jnp.asarray(new, dtype=dtype)
-        except OverflowError:
-            # A Python int out of the dtype's range (NumPy refuses it too).
-            info = jnp.iinfo(dtype) if jnp.issubdtype(dtype, jnp.integer) else None
-            bounds = f" ({info.min} to {info.max})" if info is not None else ""
-            raise VariableWriteError(
-                f"Cannot write {new!r} into {self._describe()}: it is out of the range of "
-                f"{dtype}{bounds}, and NumPy refuses such a write rather than wrap it "
-                f"around. Write a value in range, or wrap it on purpose with "
-                f"jnp.asarray(x).astype({dtype})."
-            ) from None
-        extra = value.ndim - len(target)
-        if extra > 0 and all(d == 1 for d in value.shape[:extra]):
-            # As NumPy does: leading size-1 axes beyond the target's rank are dropped
-            # (v[...] = x[None] writes x); other extra axes still do not broadcast.
-            value = value.reshape(value.shape[extra:])
-        if value.shape != target:
-            try:
-                value = jnp.broadcast_to(value, target)
-            except ValueError:
-                where = "" if idx is Ellipsis else f" at index {idx!r}"
-                raise VariableWriteError(
-                    f"Cannot write a value of shape {tuple(value.shape)} into "
-                    f"{self._describe()}{where}: it does not broadcast to the indexed "
-                    f"shape {target}. Reshape the value, or index the part you mean to write."
-                ) from None
+        value = _writes.coerce(new, self._raw.dtype, tuple(self._raw.shape), idx, self._describe)
         if not type(self).differentiable:
             # Non-differentiable kinds (batch statistics, caches, optimizer state) are
             # written inside losses; JAX refuses differentiated values in such writes.
@@ -322,7 +232,7 @@ class Variable(ArrayBehaviour):
         parts.extend(f"{k}={v!r}" for k, v in self._metadata)
         if _storage.is_traced(raw):
             parts.append("traced")
-        elif getattr(raw, "size", 0) <= 16 and _family(dtype) >= 0:  # not for PRNG keys
+        elif getattr(raw, "size", 0) <= 16 and _writes.family(dtype) >= 0:  # not for PRNG keys
             value = np.asarray(_storage.read(raw))
             parts.append("value=" + np.array2string(value, separator=", "))
         return ", ".join(parts) + ")"

@@ -1,0 +1,136 @@
+"""Views: a Variable's slot in a packed buffer, and how writes into many slots land.
+
+A :class:`View` follows the ``jax.Ref`` protocol (``view[...]`` reads, ``view[...] = x``
+writes) for one array inside a buffer that :mod:`statetree._packed` built: a slice of a
+flat buffer of raw bits, a row of a stacked buffer, or a whole buffer of its own.
+Registered as a storage with a batch writer, so ``st.update`` and ``Optimizer.update``
+write a buffer once rather than once per Variable.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _storage
+
+__all__ = ["View", "Where"]
+
+# Where a view sits in its buffer: (start, stop) of a flat buffer, a row of a stacked
+# buffer, or None for a buffer of its own.
+Where = tuple[int, int] | int | None
+
+
+class View:
+    """One Variable's part of a packed buffer, following the ``jax.Ref`` protocol:
+    ``view[...]`` reads it, ``view[...] = x`` writes it (``x`` already of its shape and
+    dtype, as Variables ensure). Outside jit the buffer is a ``jax.Ref``; inside, its
+    tracer. A flat buffer holds the raw bits of every dtype of one width (float32 and
+    int32 share a uint32 buffer): reads and writes bitcast, which costs nothing."""
+
+    __slots__ = ("buffer", "dtype", "shape", "sharding", "where")
+
+    def __init__(
+        self, buffer: Any, where: Where, shape: tuple[int, ...], dtype: Any, sharding: Any
+    ) -> None:
+        self.buffer = buffer
+        self.where = where
+        self.shape = shape
+        self.dtype = dtype
+        self.sharding = sharding
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def is_traced(self) -> bool:
+        return isinstance(self.buffer, jax.core.Tracer)
+
+    def __getitem__(self, idx: Any) -> Any:
+        where = self.where
+        if where is None:
+            value = self.buffer[...]
+        elif type(where) is tuple:
+            value = jax.lax.slice(self.buffer[...], (where[0],), (where[1],))
+            if value.dtype != self.dtype:
+                value = jax.lax.bitcast_convert_type(value, self.dtype)
+            value = value.reshape(self.shape)
+        else:  # a row of a stacked buffer (sharded refs take slices, not integers)
+            value = self.buffer[where : where + 1].reshape(self.shape)
+        return value if idx is Ellipsis else value[idx]
+
+    def __setitem__(self, idx: Any, value: Any) -> None:
+        if idx is not Ellipsis:
+            value = self[...].at[idx].set(value)
+        where = self.where
+        if where is None:
+            self.buffer[...] = value
+        elif type(where) is tuple:
+            self.buffer[where[0] : where[1]] = self._bits(value)
+        else:
+            self.buffer[where : where + 1] = jnp.expand_dims(value, 0)
+
+    def _bits(self, value: Any) -> Any:
+        """``value`` as a slice of a flat buffer: raveled, bitcast to the buffer dtype."""
+        flat = jnp.ravel(value)
+        dtype = self.buffer.dtype
+        return flat if flat.dtype == dtype else jax.lax.bitcast_convert_type(flat, dtype)
+
+    def __repr__(self) -> str:
+        return f"View({self.dtype}[{','.join(map(str, self.shape))}] at {self.where!r})"
+
+
+# Slots of at most this many elements on average are "small" (16 KiB of float32).
+_SMALL = 1 << 12
+
+
+def _write_views(pairs: list[tuple[View, Any]]) -> None:
+    """Many whole-value writes into views (``_storage.write_all``), grouped by buffer.
+
+    A flat buffer of which at least half is written, in small slots, takes *one* write
+    of its whole new value (the written slots and, between them, its current contents):
+    XLA runs that as one kernel, where a write per view is a kernel per view, which
+    dominates the step of a model of many small Variables. Large slots go one by one:
+    there the kernels cost little beside the data, and XLA updates each slot in place
+    where a whole new value would take a buffer-sized temporary.
+    """
+    by_buffer: dict[int, tuple[Any, dict[Any, tuple[View, Any]]]] = {}
+    for view, value in pairs:
+        # Keyed by place, so a later write into the same slot replaces an earlier one.
+        by_buffer.setdefault(id(view.buffer), (view.buffer, {}))[1][view.where] = (view, value)
+    for buffer, writes in by_buffer.values():
+        places = list(writes)
+        flat = len(places) > 1 and all(type(w) is tuple for w in places)
+        written = sum(w[1] - w[0] for w in places) if flat else 0
+        if flat and 2 * written >= buffer.shape[0] and written <= _SMALL * len(places):
+            buffer[...] = _spliced(buffer, writes)
+        else:
+            for view, value in writes.values():
+                view[...] = value
+
+
+def _spliced(buffer: Any, writes: dict[Any, tuple[View, Any]]) -> Any:
+    """The whole new value of a flat ``buffer`` after ``writes`` (by ``(start, stop)``)."""
+    parts: list[Any] = []
+    current = None
+    pos = 0
+    for start, stop in sorted(writes):
+        if start > pos:
+            current = buffer[...] if current is None else current
+            parts.append(jax.lax.slice(current, (pos,), (start,)))
+        view, value = writes[(start, stop)]
+        parts.append(view._bits(value))
+        pos = stop
+    if pos < buffer.shape[0]:
+        current = buffer[...] if current is None else current
+        parts.append(jax.lax.slice(current, (pos,), (buffer.shape[0],)))
+    return jnp.concatenate(parts)
+
+
+_storage.register_storage(View, write_many=_write_views)
