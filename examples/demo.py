@@ -39,8 +39,8 @@ def forward(model: dict, x: jax.Array) -> jax.Array:
     return h @ model["out"]["kernel"] + model["out"]["bias"]
 
 
-@jax.jit
-def train_step(model: dict, optimizer: st.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
+def step(model: dict, optimizer: st.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
+    """One training step, in place: the loss is all it returns."""
     graphdef, params, rest = st.split(model, st.Param, ...)
 
     def loss_fn(params: st.State) -> jax.Array:
@@ -49,6 +49,15 @@ def train_step(model: dict, optimizer: st.Optimizer, x: jax.Array, y: jax.Array)
     loss, grads = jax.value_and_grad(loss_fn)(st.freeze(params))  # grad needs arrays
     optimizer.update(model, grads)  # adam, in place: nothing returned
     return loss
+
+
+train_step = jax.jit(step)
+
+
+@jax.jit
+def train_step_one(state: st.Packed, x: jax.Array, y: jax.Array) -> jax.Array:
+    """The same step on a model and optimizer packed together: one buffer."""
+    return step(state["model"], state["opt"], x, y)
 
 
 def data() -> tuple[jax.Array, jax.Array]:
@@ -68,17 +77,23 @@ def main() -> None:
     print("running mean moved in place:", model["norm"]["mean"][:3])
 
     print("\n== Packed: a few buffers instead of one Ref per Variable ==")
-    for packed in (False, True):
-        m = st.mutable(init(jax.random.key(0)), packed=packed)
-        opt = st.Optimizer(m, optax.adam(0.02), packed=packed)
-        jax.block_until_ready(train_step(m, opt, x, y))  # compile
+    for how in ("plain", "packed", "one tree"):
+        m = st.mutable(init(jax.random.key(0)), packed=how == "packed")
+        opt = st.Optimizer(m, optax.adam(0.02), packed=how == "packed")
+        if how == "one tree":
+            state = st.mutable({"model": m, "opt": opt}, packed=True)
+            args, run = (state,), train_step_one
+        else:
+            args, run = (m, opt), train_step
+        jax.block_until_ready(run(*args, x, y))  # compile
         start = time.perf_counter()
         for _ in range(200):
-            loss = train_step(m, opt, x, y)
+            loss = run(*args, x, y)
         jax.block_until_ready(loss)
         per_step = (time.perf_counter() - start) / 200 * 1e6
-        refs = len(jax.tree_util.tree_leaves((m, opt)))
-        print(f"packed={packed!s:5}  {refs:2d} buffers passed to jit  {per_step:6.0f} us/step")
+        refs = len(jax.tree_util.tree_leaves(args))
+        noun = "buffer " if refs == 1 else "buffers"
+        print(f"{how:9}  {refs:2d} {noun} passed to jit  {per_step:6.0f} us/step")
 
     print("\n== split / merge: shared Variables are stored once, restored as one ==")
     tied = {"encoder": model["hidden"], "decoder": model["hidden"], "head": model["out"]}

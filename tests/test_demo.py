@@ -16,6 +16,8 @@ def test_demo_trains_in_place_and_shows_split_merge_and_aliasing() -> None:
     text = out.getvalue()
     losses = [float(v) for v in re.findall(r"loss (\d+\.\d+)", text)]
     assert len(losses) == 5 and losses[-1] < 0.1 * losses[0], text
-    assert "packed=True    2 buffers" in text
+    assert re.search(r"plain\s+16 buffers", text), text
+    assert re.search(r"packed\s+2 buffers", text), text
+    assert re.search(r"one tree\s+1 buffer ", text), text
     assert "encoder and decoder share storage again: True" in text
     assert "<-> ['encoder']['kernel']" in text
