@@ -67,17 +67,18 @@ def _mesh_home(params: Any) -> NamedSharding | None:
     on one device; ``jax.jit`` refuses to mix such a Ref with Refs spread over a mesh.
     """
     for value in params:
-        sharding = None if isinstance(value, jax.core.Tracer) else value.sharding
+        sharding = None if isinstance(value, jax.core.Tracer) else getattr(value, "sharding", None)
         if isinstance(sharding, NamedSharding) and len(sharding.device_set) > 1:
             return NamedSharding(sharding.mesh, PartitionSpec(), memory_kind=sharding.memory_kind)
     return None
 
 
 def _place(value: Any, home: NamedSharding | None) -> Any:
-    """``value``, moved to ``home`` if it is a concrete array on a single device."""
+    """``value``, moved to ``home`` unless it is traced or already spread over devices."""
     if home is None or isinstance(value, jax.core.Tracer):
         return value
-    if len(value.sharding.device_set) > 1:
+    sharding = getattr(value, "sharding", None)  # None for NumPy values
+    if sharding is not None and len(sharding.device_set) > 1:
         return value
     return jax.device_put(value, home)
 

@@ -263,7 +263,7 @@ def _group_of(array: Any) -> tuple[str, Any, Any]:
     (large arrays, PRNG keys, layouts that cannot share)."""
     dtype = array.dtype
     if jnp.issubdtype(dtype, jax.dtypes.extended) or array.size >= LARGE:
-        return ("own", id(array), None)
+        return ("own", None, None)
     if isinstance(array, jax.core.Tracer):
         return ("flat", _bits_dtype(dtype), None)
     sharding = array.sharding
@@ -273,11 +273,11 @@ def _group_of(array: Any) -> tuple[str, Any, Any]:
                 sharding.mesh, PartitionSpec(), memory_kind=sharding.memory_kind
             )
         elif len(sharding.device_set) > 1:
-            return ("own", id(array), None)
+            return ("own", None, None)
         return ("flat", _bits_dtype(dtype), sharding)
     if isinstance(sharding, NamedSharding):
         return ("stack", (dtype, tuple(array.shape)), sharding)
-    return ("own", id(array), None)
+    return ("own", None, None)
 
 
 def _build_buffer(
@@ -324,7 +324,10 @@ def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
             continue  # not an array (a placeholder from a tree map): leave it alone
         array = jnp.asarray(array)
         arrays[i] = array
-        groups.setdefault(_group_of(array), []).append(i)
+        group = _group_of(array)
+        if group[0] == "own":
+            group = ("own", i, None)  # one buffer per value, even for an array met twice
+        groups.setdefault(group, []).append(i)
     out = list(values)
     for (how, key, sharding), members in groups.items():
         buffer, places, view_sharding = _build_buffer(

@@ -72,7 +72,8 @@ class View:
         if where is None:
             self.buffer[...] = value
         elif type(where) is tuple:
-            self.buffer[where[0] : where[1]] = self._bits(value)
+            if where[0] < where[1]:  # nothing to write into an empty slot
+                self.buffer[where[0] : where[1]] = self._bits(value)
         else:
             self.buffer[where : where + 1] = jnp.expand_dims(value, 0)
 

@@ -375,3 +375,10 @@ def test_checkpoints_cross_between_packed_and_plain(
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_numpy_parameters_are_accepted() -> None:
+    params = {"w": np.ones(3, np.float32)}
+    optimizer = st.Optimizer(params, optax.adam(0.1), wrt=...)
+    assert int(optimizer.step[...]) == 0
+    assert optimizer.opt_state[0].mu[("w",)].shape == (3,)

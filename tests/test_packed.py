@@ -238,6 +238,32 @@ def test_optimizer_writes_each_buffer_once():
     assert_same(st.unbox(st.freeze(model)), st.unbox(st.freeze(plain)))
 
 
+def test_one_large_array_at_two_paths_packs_as_two():
+    from statetree._packed import LARGE
+
+    big = jnp.zeros(LARGE)
+    for tree in ({"a": st.Param(big), "b": st.Param(big)}, {"a": big, "b": big}):
+        packed = st.mutable(tree, packed=True)
+        assert len(packed.buffers) == 2  # independent Variables, as st.mutable(tree) makes
+        packed["a"][0] = 1.0
+        assert float(packed["b"][0]) == 0.0
+
+
+def test_empty_slots_read_and_write():
+    packed = st.mutable({"a": jnp.ones(4), "z": jnp.zeros(0), "m": jnp.zeros((2, 0))}, packed=True)
+
+    @jax.jit
+    def write(tree):
+        tree["z"][...] = jnp.zeros(0)
+        tree["m"][...] = jnp.zeros((2, 0))
+        tree["a"][...] += 1
+
+    write(packed)
+    st.update(packed, st.State({("z",): jnp.zeros(0)}))
+    assert packed["z"][...].shape == (0,) and packed["m"][...].shape == (2, 0)
+    assert packed["a"][...].tolist() == [2.0] * 4
+
+
 def test_large_arrays_keep_their_own_buffer():
     from statetree._packed import LARGE
 
