@@ -187,11 +187,18 @@ class Variable(ArrayBehaviour):
     def _write(self, idx: Any, new: Any) -> None:
         raw = self._raw
         if not _storage.is_storage(raw):
+            packed_hint = (
+                " A Variable of a packed tree arrives frozen when only part of the tree "
+                "is passed to jax.jit (packed['layer'], a State from st.split(packed)): "
+                "pass the whole packed tree and pick the part inside."
+                if _storage.is_traced(raw)
+                else ""
+            )
             raise FrozenVariableError(
                 f"Cannot write into a {self._describe()}: it holds a plain "
                 "jax.Array, and a write inside jax.jit would be lost when the call "
                 "returns. Make it mutable first: st.mutable(tree) for a whole tree, or "
-                "create it with mutable=True (or under st.use_mutable_arrays(True))."
+                "create it with mutable=True (or under st.use_mutable_arrays(True))." + packed_hint
             )
         value = self._coerce(idx, new)
         if idx is Ellipsis:

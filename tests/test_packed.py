@@ -238,6 +238,25 @@ def test_optimizer_writes_each_buffer_once():
     assert_same(st.unbox(st.freeze(model)), st.unbox(st.freeze(plain)))
 
 
+def test_part_of_a_packed_tree_passed_to_jit_arrives_frozen_and_says_so():
+    packed = st.mutable({"m": {"a": jnp.ones(2)}, "c": jnp.ones(1)}, packed=True)
+
+    @jax.jit
+    def bump(part):
+        part["a"][...] += 1
+
+    with pytest.raises(st.FrozenVariableError, match="pass the whole packed tree"):
+        bump(packed["m"])
+    assert packed["m"]["a"][...].tolist() == [1.0, 1.0]
+
+    @jax.jit
+    def bump_inside(tree):
+        bump.__wrapped__(tree["m"])
+
+    bump_inside(packed)
+    assert packed["m"]["a"][...].tolist() == [2.0, 2.0]
+
+
 def test_one_large_array_at_two_paths_packs_as_two():
     from statetree._packed import LARGE
 
