@@ -75,16 +75,29 @@ class View:
             if where[0] < where[1]:  # nothing to write into an empty slot
                 self.buffer[where[0] : where[1]] = self._bits(value)
         else:
-            self.buffer[where : where + 1] = jnp.expand_dims(value, 0)
+            self.buffer[where : where + 1] = _like_buffer(self.buffer, jnp.expand_dims(value, 0))
 
     def _bits(self, value: Any) -> Any:
         """``value`` as a slice of a flat buffer: raveled, bitcast to the buffer dtype."""
         flat = jnp.ravel(value)
         dtype = self.buffer.dtype
-        return flat if flat.dtype == dtype else jax.lax.bitcast_convert_type(flat, dtype)
+        bits = flat if flat.dtype == dtype else jax.lax.bitcast_convert_type(flat, dtype)
+        return _like_buffer(self.buffer, bits)
 
     def __repr__(self) -> str:
         return f"View({self.dtype}[{','.join(map(str, self.shape))}] at {self.where!r})"
+
+
+def _like_buffer(buffer: Any, value: Any) -> Any:
+    """``value`` laid out as ``buffer`` is, when the buffer lives on a mesh with explicit
+    axes: JAX then requires a part written into it to match its layout, and an array
+    made outside ``jax.set_mesh`` has no layout on that mesh."""
+    sharding = jax.typeof(buffer).sharding
+    if jax.sharding.AxisType.Explicit not in getattr(sharding.mesh, "axis_types", ()):
+        return value
+    if isinstance(buffer, jax.core.Tracer):
+        return jax.sharding.reshard(value, sharding)
+    return jax.device_put(value, buffer.sharding)
 
 
 # Slots of at most this many elements on average are "small" (16 KiB of float32).

@@ -105,6 +105,35 @@ def check(axis_type: AxisType) -> None:
     np.testing.assert_allclose(np.asarray(model["w"].value), expected * 0.5)
     assert same(model["w"].sharding, rows)
 
+    # Packed buffers on the mesh take values made outside jax.set_mesh (no layout of their
+    # own), written one slot at a time or as a whole buffer, eagerly and inside jit.
+    replicated = NamedSharding(mesh, P())
+    packed = st.mutable(
+        {
+            "a": jax.device_put(jnp.ones(4), replicated),
+            "b": jax.device_put(jnp.ones(4), replicated),
+            "rows": x,
+            "rows2": x,
+        },
+        packed=True,
+    )
+    packed["a"][...] = jnp.full(4, 2.0)
+    packed["rows"][...] = jnp.asarray(base * 2)
+
+    @jax.jit
+    def write(tree):
+        tree["b"][...] = jnp.full(4, 3.0)
+        tree["rows2"][...] = jnp.asarray(base * 3)
+
+    write(packed)
+    st.update(packed, st.State({("a",): jnp.full(4, 4.0), ("b",): jnp.full(4, 5.0)}))
+    got = st.unbox(st.freeze(packed))
+    np.testing.assert_array_equal(np.asarray(got["a"]), np.full(4, 4.0))
+    np.testing.assert_array_equal(np.asarray(got["b"]), np.full(4, 5.0))
+    np.testing.assert_array_equal(np.asarray(got["rows"]), base * 2)
+    np.testing.assert_array_equal(np.asarray(got["rows2"]), base * 3)
+    assert same(got["rows"].sharding, rows), got["rows"].sharding
+
     # An Optimizer built outside jax.set_mesh: optax's counter and the step count are
     # made on one device, so the Optimizer places them over the parameters' mesh.
     for packed in (False, True):
