@@ -242,10 +242,13 @@ _BITS = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
 
 def _bits_dtype(dtype: Any) -> Any:
     """The dtype of the flat buffer holding ``dtype``: an unsigned integer of its width
-    for integers and floats (so float32 and int32 share one buffer), else itself."""
+    for integers and floats (so float32 and int32 share one buffer), else itself (also
+    for sub-byte types such as int4, which no 8-bit integer can bitcast)."""
     dtype = np.dtype(dtype)
     numeric = jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
-    return _BITS.get(dtype.itemsize, dtype) if numeric else dtype
+    if not numeric or jax.dtypes.itemsize_bits(dtype) != 8 * dtype.itemsize:
+        return dtype
+    return _BITS.get(dtype.itemsize, dtype)
 
 
 # Arrays of at least this many elements (4 MiB of float32) keep a buffer of their own.

@@ -313,6 +313,18 @@ def test_dtypes_share_buffers_by_width():
     assert packed["i32"][...].tolist() == [0, 1, 2]
 
 
+def test_sub_byte_dtypes_get_a_buffer_of_their_own_type():
+    tree = {
+        "q": jnp.arange(4, dtype=jnp.int4),
+        "r": jnp.ones(3, jnp.int4),
+        "u": jnp.ones(2, jnp.uint8),
+    }
+    packed = st.mutable(tree, packed=True)
+    assert sorted(str(b.dtype) for b in packed.buffers) == ["int4", "uint8"]
+    packed["q"][...] = jnp.full(4, -2, jnp.int4)
+    assert packed["q"][...].tolist() == [-2] * 4 and packed["r"][...].tolist() == [1] * 3
+
+
 def test_only_packs_the_chosen():
     tree = {"w": st.Param(jnp.ones(2)), "n": st.BatchStat(jnp.zeros(2))}
     packed = st.mutable(tree, only=st.Param, packed=True)
