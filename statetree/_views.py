@@ -93,7 +93,8 @@ def _like_buffer(buffer: Any, value: Any) -> Any:
     axes: JAX then requires a part written into it to match its layout, and an array
     made outside ``jax.set_mesh`` has no layout on that mesh."""
     sharding = jax.typeof(buffer).sharding
-    if jax.sharding.AxisType.Explicit not in getattr(sharding.mesh, "axis_types", ()):
+    mesh = getattr(sharding, "mesh", None)
+    if jax.sharding.AxisType.Explicit not in getattr(mesh, "axis_types", ()):
         return value
     if isinstance(buffer, jax.core.Tracer):
         return jax.sharding.reshard(value, sharding)
