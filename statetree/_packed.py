@@ -73,7 +73,8 @@ class _Layout:
 
 class Packed:
     """A tree whose Variables are views into a few packed buffers (one ``jax.Ref`` per
-    dtype and sharding). Made by ``st.mutable(tree, packed=True)``.
+    bit width and sharding; large arrays keep one of their own). Made by
+    ``st.mutable(tree, packed=True)``.
 
     Pass it to ``jax.jit`` as the tree itself; it forwards attribute access, item
     access, iteration, ``len`` and calls to the tree, so ``packed.layers[0].kernel``,
@@ -106,7 +107,8 @@ class Packed:
     # ---------------------------------------------------------------- the tree's face
     @property
     def buffers(self) -> tuple[Any, ...]:
-        """The packed buffers: one ``jax.Ref`` per bit width and sharding."""
+        """The packed buffers: one ``jax.Ref`` per bit width and sharding, and one per
+        large array."""
         return self._buffers
 
     def __getattr__(self, name: str) -> Any:
