@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _graph
 from ._errors import AliasError, format_path
-from ._graph import Path
+from ._graphdef import Path
 
 __all__ = ["find_aliases", "check_aliases"]
 

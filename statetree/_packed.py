@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _graph, _nodes, _storage
 from ._errors import RefValueError, StructureError
-from ._graph import GraphDef
+from ._graphdef import GraphDef
 from ._variables import _AD_TRACERS, Variable
 from ._views import View, Where
 

@@ -15,7 +15,7 @@ import numpy as np
 from . import _graph, _storage
 from ._errors import StructureError, format_path, format_paths
 from ._filters import filter_repr, needs_path, to_predicate
-from ._graph import GraphDef, Path
+from ._graphdef import GraphDef, Path
 from ._state import State, _StateKeys
 from ._variables import Variable
 

@@ -15,7 +15,7 @@ from typing import Any
 import jax.tree_util as jtu
 
 from ._errors import format_path
-from ._graph import GraphDef, Path, PathKey
+from ._graphdef import GraphDef, Path, PathKey
 
 __all__ = ["State"]
 

@@ -1,0 +1,181 @@
+"""``GraphDef``: the static structure of a flattened tree (see :mod:`statetree._graph`).
+
+A GraphDef is a tuple of *parts*, one per ``jax.tree_util.tree_flatten`` (the root, and
+each distinct registered node), plus the kind of each value. Paths are computed from the
+parts only when asked for, then kept.
+"""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax.tree_util as jtu
+
+__all__ = ["GraphDef", "Path", "PathKey"]
+
+Path = tuple[Any, ...]
+
+
+class _Node(NamedTuple):
+    """A registered node; ``part`` is the index of the part holding its children."""
+
+    part: int
+
+
+class _Part(NamedTuple):
+    """One ``tree_flatten`` worth of structure.
+
+    ``slots`` has one entry per leaf of ``treedef`` (a ``range`` when the leaves are
+    distinct values in order): an int ``i >= 0`` is value ``i`` (the same int twice
+    means the same object twice); ``-1 - j`` is ``extras[j]``, a ``Static`` (a
+    non-array leaf) or a :class:`_Node`. ``node_aux`` is None for the root part and the
+    node's aux data (which holds its class) for a node's part. ``repeats``, set for an
+    all-Variable root, lists ``(position, first position)`` for each leaf that repeats
+    an earlier one: ``unflatten`` then rebuilds the leaves with a few list inserts.
+    """
+
+    treedef: Any
+    slots: Sequence[int]
+    extras: tuple[Any, ...]
+    node_aux: Any
+    repeats: tuple[tuple[int, int], ...] | None = None
+
+
+class PathKey:
+    """A pytree key entry standing for a whole path: a State's children are keyed by
+    their paths, so a State inside a tree keeps plain paths (``("w",)``, not a string)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PathKey) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash((PathKey, self.path))
+
+    def __str__(self) -> str:  # what jax.tree_util.keystr shows
+        from ._errors import format_path
+
+        return format_path(self.path)
+
+    __repr__ = __str__
+
+
+def _keys_of(entry: Any) -> Path:
+    """The plain keys one JAX key entry stands for (one, or a State's whole path)."""
+    if isinstance(entry, PathKey):
+        return entry.path
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return (getattr(entry, attr),)
+    return (str(entry),)
+
+
+class GraphDef:
+    """The static structure of a tree: where its values go, and what kind each is.
+
+    Returned by ``st.split`` and taken by ``st.merge``. It records containers, registered
+    nodes, non-array leaves, the kind of each value, and every path at which a shared
+    value appears; it holds no arrays.
+
+    Hashable, equal for equal structures, and a pytree with no leaves, so it can be a
+    ``jax.jit`` static argument, a plain argument, or closed over. It records no shapes:
+    states sliced by ``jax.lax.scan`` or ``jax.vmap`` still merge.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> w = st.Param(jnp.ones(2))
+      >>> graphdef, state = st.split({"encoder": w, "decoder": w, "act": "gelu"})
+      >>> graphdef
+      GraphDef(1 values:
+        ['decoder']: Param  shared with ['encoder']
+      )
+      >>> graphdef.occurrences()
+      ((('decoder',), ('encoder',)),)
+      >>> graphdef == st.split({"encoder": w, "decoder": w, "act": "gelu"})[0]
+      True
+    """
+
+    __slots__ = ("_hash", "_occurrences", "_path_index", "_paths", "kinds", "parts")
+
+    parts: tuple[_Part, ...]
+    kinds: tuple[type | None, ...]
+
+    def __init__(self, parts: tuple[_Part, ...], kinds: tuple[type | None, ...]) -> None:
+        self.parts = parts
+        self.kinds = kinds  # per value: its Variable kind, or None for an array/Ref
+        self._hash: int | None = None
+        self._paths: tuple[Path, ...] | None = None
+        self._occurrences: tuple[tuple[Path, ...], ...] | None = None
+        self._path_index: dict[Path, int] | None = None
+
+    @property
+    def num_values(self) -> int:
+        return len(self.kinds)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash((self.parts, self.kinds))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, GraphDef):
+            return NotImplemented
+        return (
+            hash(self) == hash(other) and self.kinds == other.kinds and (self.parts == other.parts)
+        )
+
+    # ------------------------------------------------------------------ paths
+    def _walk(self) -> tuple[tuple[Path, ...], tuple[tuple[Path, ...], ...]]:
+        """Every path of every value: DFS, expanding each node occurrence (so a shared
+        node's Variables show under each path that reaches the node)."""
+        occurrences: list[list[Path]] = [[] for _ in self.kinds]
+
+        def visit(part_index: int, prefix: Path, active: frozenset[int]) -> None:
+            part = self.parts[part_index]
+            marker = object()
+            shaped = part.treedef.unflatten([marker] * part.treedef.num_leaves)
+            keyed, _ = jtu.tree_flatten_with_path(shaped, is_leaf=lambda x: x is marker)
+            for (keypath, _leaf), slot in zip(keyed, part.slots, strict=True):
+                path = prefix + tuple(key for k in keypath for key in _keys_of(k))
+                if slot >= 0:
+                    occurrences[slot].append(path)
+                    continue
+                extra = part.extras[-1 - slot]
+                if isinstance(extra, _Node) and extra.part not in active:
+                    visit(extra.part, path, active | {extra.part})
+
+        visit(0, (), frozenset({0}))
+        return tuple(p[0] for p in occurrences), tuple(map(tuple, occurrences))
+
+    def paths(self) -> tuple[Path, ...]:
+        """The first path of each value, in value order."""
+        if self._paths is None:
+            self._paths, self._occurrences = self._walk()
+        return self._paths
+
+    def occurrences(self) -> tuple[tuple[Path, ...], ...]:
+        """All paths of each value, in value order (more than one for shared Variables
+        and Refs)."""
+        if self._occurrences is None:
+            self._paths, self._occurrences = self._walk()
+        return self._occurrences
+
+    def path_index(self) -> dict[Path, int]:
+        """A dict from every path at which a value occurs (a shared Variable's later
+        paths too) to its value index."""
+        if self._path_index is None:
+            self._path_index = {p: i for i, paths in enumerate(self.occurrences()) for p in paths}
+        return self._path_index
+
+    def __repr__(self) -> str:
+        from ._display import graphdef_repr
+
+        return graphdef_repr(self)
+
+
+jtu.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
