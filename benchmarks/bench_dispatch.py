@@ -144,7 +144,7 @@ def _statetree(params: Any, loss: Any, batch: tuple, packed: bool) -> tuple[Any,
         grads = jax.grad(lambda p: loss(st.unbox(p), *batch))(st.freeze(model))
         optimizer.update(model, grads)
 
-    first = model["w1" if "w1" in params else next(iter(params))]
+    first = model[next(iter(params))]
     return (lambda: step(model, optimizer, *batch)), (lambda: first[...])
 
 

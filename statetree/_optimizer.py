@@ -185,8 +185,8 @@ class Optimizer:
         need it). Every check runs before the first write: on error nothing changes.
         """
         targets = self._targets(model)
-        owned = _graph.flatten((self.opt_state, self.step))[1]
-        frozen_own = [v for v in owned if not _writable(v)]
+        state_def, state_vars = _graph.flatten(self.opt_state)
+        frozen_own = [v for v in (*state_vars, self.step) if not _writable(v)]
         if frozen_own:
             raise FrozenVariableError(
                 f"Optimizer.update: the optimizer's own state is frozen ({len(frozen_own)} "
@@ -195,7 +195,6 @@ class Optimizer:
             )
         gradients = self._gradients(grads, targets)
         params = State({p: _read(targets[p]) for p in self.paths})
-        state_def, state_vars = _graph.flatten(self.opt_state)
         current = _graph.unflatten(state_def, [v.value for v in state_vars])
         updates, new_state = self.tx.update(gradients, current, params, **extra_args)
         new_params = optax.apply_updates(params, updates)

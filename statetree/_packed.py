@@ -130,26 +130,25 @@ class Packed:
         return self._tree(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise StructureError(
-            f"Cannot set attribute {name!r} of a packed tree: its structure is fixed when "
-            "it is packed (each Variable is a view into a shared buffer). Write values into "
-            f"its Variables instead (packed.{name}[...] = x), or unpack it with "
-            "st.freeze(packed), change that tree, and pack again."
-        )
+        raise _fixed_structure(f"set attribute {name!r}", f"packed.{name}[...] = x")
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        raise StructureError(
-            f"Cannot assign item {key!r} of a packed tree: its structure is fixed when it "
-            "is packed (each Variable is a view into a shared buffer). Write values into "
-            f"its Variables instead (packed[{key!r}][...] = x), or unpack it with "
-            "st.freeze(packed), change that tree, and pack again."
-        )
+        raise _fixed_structure(f"assign item {key!r}", f"packed[{key!r}][...] = x")
 
     def __repr__(self) -> str:
         n = sum(entry is not None for entry in self._layout.entries)
         head = f"Packed({n} Variables in {len(self._buffers)} buffer(s)"
         buffers = ", ".join(f"{b.dtype}[{b.shape[0] if b.ndim else ''}]" for b in self._buffers)
         return f"{head}: {buffers}; tree={self._tree!r})"
+
+
+def _fixed_structure(change: str, write: str) -> StructureError:
+    return StructureError(
+        f"Cannot {change} of a packed tree: its structure is fixed when it is packed "
+        "(each Variable is a view into a shared buffer). Write values into its Variables "
+        f"instead ({write}), or unpack it with st.freeze(packed), change that tree, and "
+        "pack again."
+    )
 
 
 # -------------------------------------------------------------------- JAX pytree
@@ -261,14 +260,16 @@ def _bits_dtype(dtype: Any) -> Any:
 LARGE = 1 << 20
 
 
-def _group_of(array: Any) -> tuple[str, Any, Any]:
-    """How ``array`` is packed: ("flat", bits dtype, sharding) into a 1-D buffer shared
-    with arrays of its width and (replicated) sharding; ("stack", (dtype, shape),
-    sharding) as a row of a buffer of arrays partitioned alike; ("own", ...) alone
-    (large arrays, PRNG keys, layouts that cannot share)."""
+def _group_of(array: Any, i: int) -> tuple[str, Any, Any]:
+    """How value ``i``, ``array``, is packed: ("flat", bits dtype, sharding) into a 1-D
+    buffer shared with arrays of its width and (replicated) sharding; ("stack", (dtype,
+    shape), sharding) as a row of a buffer of arrays partitioned alike; ("own", i, None)
+    alone (large arrays, PRNG keys, layouts that cannot share), keyed by the value so
+    that one array met at two paths still makes two buffers."""
+    own = ("own", i, None)
     dtype = array.dtype
     if jnp.issubdtype(dtype, jax.dtypes.extended) or array.size >= LARGE:
-        return ("own", None, None)
+        return own
     if isinstance(array, jax.core.Tracer):
         return ("flat", _bits_dtype(dtype), None)
     sharding = array.sharding
@@ -278,11 +279,11 @@ def _group_of(array: Any) -> tuple[str, Any, Any]:
                 sharding.mesh, PartitionSpec(), memory_kind=sharding.memory_kind
             )
         elif len(sharding.device_set) > 1:
-            return ("own", None, None)
+            return own
         return ("flat", _bits_dtype(dtype), sharding)
     if isinstance(sharding, NamedSharding):
         return ("stack", (dtype, tuple(array.shape)), sharding)
-    return ("own", None, None)
+    return own
 
 
 def _build_buffer(
@@ -329,10 +330,7 @@ def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
             continue  # not an array (a placeholder from a tree map): leave it alone
         array = jnp.asarray(array)
         arrays[i] = array
-        group = _group_of(array)
-        if group[0] == "own":
-            group = ("own", i, None)  # one buffer per value, even for an array met twice
-        groups.setdefault(group, []).append(i)
+        groups.setdefault(_group_of(array, i), []).append(i)
     out = list(values)
     for (how, key, sharding), members in groups.items():
         buffer, places, view_sharding = _build_buffer(
