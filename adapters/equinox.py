@@ -72,8 +72,7 @@ class MutableState(eqx.nn.State):
         old = self.get(item)
         pairs = _pairs(old, value, f"MutableState.set({item.marker!r}, value)")
         if all(t.mutable for t, _ in pairs):
-            for target, leaf in pairs:
-                _write(target, leaf)
+            _write(pairs)
             return self
         # Frozen Variables: the functional update Equinox does, minus the invalidation.
         replaced = jtu.tree_unflatten(
@@ -103,8 +102,7 @@ class MutableState(eqx.nn.State):
             for key, value in zip(keys, values, strict=True)
             for pair in _pairs(mine[key], st.unbox(value), f"MutableState.update: {key!r}")
         ]
-        for target, leaf in pairs:
-            _write(target, leaf)
+        _write(pairs)
         return self
 
     def _entries(self) -> dict[Any, Any]:
@@ -135,9 +133,13 @@ def _is_variable(x: Any) -> bool:
     return isinstance(x, st.Variable)
 
 
-def _write(target: st.Variable, value: Any) -> None:
+def _write(pairs: list[tuple[st.Variable, Any]]) -> None:
+    """Write each value into its Variable through statetree's one write path: all
+    checked, then all written (NumPy's casting rules, as for ``v[...] = x``)."""
+    targets = [target for target, _ in pairs]
+    values = st.State({(i,): value for i, (_, value) in enumerate(pairs)})
     try:
-        target[...] = value
+        st.update(targets, values, exact=False)
     except Exception as e:
         if "unbatched array reference" not in str(e):
             raise
@@ -413,7 +415,11 @@ def _commit(new: eqx.nn.State, converted: list[MutableState]) -> Any:
     entries = dict(zip(*reversed(owner.tree_flatten()), strict=True))
     targets = [jtu.tree_leaves(entries[k], is_leaf=_is_variable) for k in keys]
     news = [jtu.tree_leaves(v) for v in values]
-    for group, vals in zip(targets, news, strict=True):
-        for target, value in zip(group, vals, strict=True):
-            _write(target, value)
+    _write(
+        [
+            pair
+            for group, vals in zip(targets, news, strict=True)
+            for pair in zip(group, vals, strict=True)
+        ]
+    )
     return owner

@@ -14,6 +14,8 @@ from ._errors import FrozenVariableError as FrozenVariableError
 from ._errors import RefValueError as RefValueError
 from ._errors import StateTreeError as StateTreeError
 from ._errors import StructureError as StructureError
+from ._errors import UnreadableValueError as UnreadableValueError
+from ._errors import VariableIndexError as VariableIndexError
 from ._errors import VariableWriteError as VariableWriteError
 from ._filters import All as All
 from ._filters import Any as Any

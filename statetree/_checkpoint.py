@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from . import _storage
 from ._aliases import find_aliases
 from ._errors import StateTreeError, StructureError, format_path
+from ._plan import WritePlan
 from ._split import state as _state
 from ._split import update as _update
 from ._state import State
@@ -335,7 +336,9 @@ def restore(path: PathLike, tree: Any) -> None:
             array = jax.random.wrap_key_data(array, impl=entry["key_impl"])
         flat[tuple(entry["path"])] = array
     if isinstance(tree, State):
-        for p, value in live.items():  # checked above: mutable, same dtypes and shapes
-            _storage.write(value._raw if isinstance(value, Variable) else value, flat[p])
+        plan = WritePlan("restore", exact=True)  # statetree's one write path
+        for p, value in live.items():
+            plan.add(value, flat[p], p)
+        plan.commit()
     else:
         _update(tree, State(flat))

@@ -34,7 +34,9 @@ def _to_mutable(value: Any) -> Any:
     if isinstance(value, Variable):
         if value.mutable:
             return value
-        return type(value)._from_raw(_storage.new_storage(value._raw), value._metadata)
+        kind = type(value)
+        storage = _storage.new_storage(value._raw, kind.differentiable)
+        return kind._from_raw(storage, value._metadata)
     if _storage.is_storage(value):
         return value
     return Variable._from_raw(_storage.new_storage(jnp.asarray(value)), ())

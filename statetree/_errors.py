@@ -13,6 +13,8 @@ __all__ = [
     "StateTreeError",
     "FrozenVariableError",
     "VariableWriteError",
+    "VariableIndexError",
+    "UnreadableValueError",
     "RefValueError",
     "AliasError",
     "StructureError",
@@ -67,6 +69,37 @@ class VariableWriteError(StateTreeError, ValueError):
       Traceback (most recent call last):
         ...
       statetree._errors.VariableWriteError: ...shape (2,) into ...int32[3]: ...
+    """
+
+
+class VariableIndexError(StateTreeError, IndexError):
+    """A static index that does not fit a Variable's shape (``v[5]`` on a 3-vector), in a
+    read or a write, eagerly or inside ``jax.jit``. NumPy refuses such an index; JAX would
+    clip the read and drop the write, silently.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> v = st.Variable(jnp.zeros(3), mutable=True)
+      >>> v[5] = 1.0
+      Traceback (most recent call last):
+        ...
+      statetree._errors.VariableIndexError: Index 5 is out of range for mutable Variable ...
+    """
+
+
+class UnreadableValueError(StateTreeError, RuntimeError):
+    """A value that cannot be read: an array deleted by donation (``donate_argnums``) or
+    ``.delete()``, or a tracer that escaped its transform. Raised before anything is
+    written or converted, naming the path or the Variable.
+
+    Examples:
+      >>> import jax.numpy as jnp, statetree as st
+      >>> x = jnp.ones(2)
+      >>> x.delete()
+      >>> st.mutable({"w": x})
+      Traceback (most recent call last):
+        ...
+      statetree._errors.UnreadableValueError: mutable: ...['w']...deleted...
     """
 
 

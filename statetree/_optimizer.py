@@ -33,6 +33,7 @@ from ._convert import mutable
 from ._errors import FrozenVariableError, StructureError, format_path, format_paths
 from ._filters import PathContains, filter_repr, to_predicate
 from ._graphdef import Path, PathKey
+from ._plan import WritePlan
 from ._split import state as _state
 from ._state import State
 from ._variables import OptState, Param, Variable
@@ -205,18 +206,15 @@ class Optimizer:
                 f"arrays, but tx.init made {len(state_vars)}. The optax state must keep "
                 "its structure from step to step."
             )
-        # Every write in one batch: packed buffers then take one write each.
-        writes = []
+        # statetree's one write path: everything checked, then one batch (packed buffers
+        # take one write each); NumPy's casting rules, as for `v[...] = x`.
+        plan = WritePlan("Optimizer.update")
         for path, new in zip(self.paths, new_params.values(), strict=True):
-            target = targets[path]
-            if isinstance(target, Variable):
-                writes.append((target._raw, target._coerce(Ellipsis, new)))
-            else:
-                writes.append((target, jnp.asarray(new, target.dtype)))
+            plan.add(targets[path], new, path)
         for var, new in zip(state_vars, new_values, strict=True):
-            writes.append((var._raw, var._coerce(Ellipsis, new)))
-        writes.append((self.step._raw, self.step[...] + 1))
-        _storage.write_all(writes)
+            plan.add(var, new, ("opt_state",))
+        plan.add(self.step, self.step[...] + 1, ("step",))
+        plan.commit()
 
     def _targets(self, model: Any) -> dict[Path, Any]:
         """The model's ``wrt`` Variables by path, checked against this optimizer."""

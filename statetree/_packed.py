@@ -287,18 +287,20 @@ def _group_of(array: Any, i: int) -> tuple[str, Any, Any]:
 
 
 def _build_buffer(
-    how: str, key: Any, sharding: Any, arrays: list[Any]
+    how: str, key: Any, sharding: Any, arrays: list[Any], differentiable: bool = True
 ) -> tuple[Any, list[Where], Any]:
-    """One group's buffer (a new ``jax.Ref``), each array's place in it, and the
-    sharding its views report."""
+    """One group's buffer (a new ``jax.Ref``, of the no-grad-no-remat kind when it holds
+    non-differentiable kinds), each array's place in it, and the sharding its views
+    report."""
     if how == "own":
         (array,) = arrays
-        return _storage.new_storage(array), [None], getattr(array, "sharding", None)
+        storage = _storage.new_storage(array, differentiable)
+        return storage, [None], getattr(array, "sharding", None)
     if how == "stack":
         spec = tuple(sharding.spec) + (None,) * (arrays[0].ndim - len(sharding.spec))
         stacked = NamedSharding(sharding.mesh, PartitionSpec(None, *spec))
         data = jax.device_put(jnp.stack(arrays), stacked)
-        return _storage.new_storage(data), list(range(len(arrays))), sharding
+        return _storage.new_storage(data, differentiable), list(range(len(arrays))), sharding
     sizes = [int(np.prod(a.shape, dtype=np.int64)) for a in arrays]
     stops = np.cumsum(sizes).tolist()
     places: list[Where] = [
@@ -310,7 +312,23 @@ def _build_buffer(
     )
     if sharding is not None:
         data = jax.device_put(data, sharding)
-    return _storage.new_storage(data), places, sharding
+    return _storage.new_storage(data, differentiable), places, sharding
+
+
+def _buffer_kind(differentiable: dict[int, bool], members: list[int]) -> bool:
+    """Whether a buffer is a differentiable Ref (JAX's default kind) or one of the
+    no-grad-no-remat kind, whose writes ``jax.checkpoint`` never replays.
+
+    A buffer holding any non-differentiable kind (batch statistics, optimizer state) must
+    be the latter, or a counter bumped under remat is bumped twice. Differentiable kinds
+    may share it when it is made from concrete values: such a Ref exists outside every
+    transform, so ``jax.grad`` never differentiates through it (reads of a Ref that a
+    differentiated function closes over have zero tangent whatever its kind, and a packed
+    tree is refused as an argument of ``jax.grad``); under remat its reads are then saved
+    rather than replayed, which returns the same values. Traced values may be
+    differentiated, so there the kinds get buffers of their own (``pack``).
+    """
+    return all(differentiable[i] for i in members)
 
 
 def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
@@ -322,6 +340,7 @@ def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
     _enable()
     groups: dict[Any, list[int]] = {}
     arrays: dict[int, Any] = {}
+    differentiable: dict[int, bool] = {}
     for i, (value, take) in enumerate(zip(values, chosen, strict=True)):
         if not take:
             continue
@@ -330,11 +349,14 @@ def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
             continue  # not an array (a placeholder from a tree map): leave it alone
         array = jnp.asarray(array)
         arrays[i] = array
-        groups.setdefault(_group_of(array, i), []).append(i)
+        differentiable[i] = not isinstance(value, Variable) or type(value).differentiable
+        # Traced values (possibly differentiated) keep the kinds apart; see _buffer_kind.
+        apart = differentiable[i] if isinstance(array, jax.core.Tracer) else None
+        groups.setdefault((*_group_of(array, i), apart), []).append(i)
     out = list(values)
-    for (how, key, sharding), members in groups.items():
+    for (how, key, sharding, _), members in groups.items():
         buffer, places, view_sharding = _build_buffer(
-            how, key, sharding, [arrays[i] for i in members]
+            how, key, sharding, [arrays[i] for i in members], _buffer_kind(differentiable, members)
         )
         for i, where in zip(members, places, strict=True):
             value = values[i]

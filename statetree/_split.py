@@ -9,10 +9,7 @@ and come back as one object, so a write through one path is seen through the oth
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-import numpy as np
-
-from . import _graph, _storage
+from . import _graph, _plan
 from ._errors import StructureError, format_path, format_paths
 from ._filters import filter_repr, needs_path, to_predicate
 from ._graphdef import GraphDef, Path
@@ -285,22 +282,34 @@ def merge(graphdef: GraphDef, *states: State) -> Any:
     return _graph.unflatten(graphdef, values)
 
 
-def update(tree: Any, *states: State) -> None:
+def update(tree: Any, *states: State, exact: bool = True) -> None:
     """Write the States' values into ``tree``'s Variables, in place.
 
     States may cover any subset of the tree's paths, under any path at which a shared
     Variable occurs. Every path must exist in the tree and match its kind, shape and
-    dtype; otherwise nothing is written and the error names every offending path.
+    dtype; otherwise nothing is written and the error names every offending path. Every
+    value is checked (and must be readable: not a donated or deleted array, not an
+    escaped tracer) before the first write. This is the one write path of statetree:
+    ``v[...] = x``, ``Optimizer.update``, ``st.restore`` and the adapters write through
+    the same checks.
 
     Args:
       tree: a live tree whose targets are mutable (Variables or raw Refs).
       *states: States keyed by the tree's paths (from ``st.state``, ``st.split``, or
         ``st.State({path: value})``).
+      exact: True (default): each value must have its target's dtype and shape, so a
+        State of another model never lands silently. False: NumPy's assignment rules,
+        as for ``v[...] = x``: values broadcast to the target's shape, Python and NumPy
+        scalars take its dtype (in range), other dtypes are cast when NumPy's
+        ``same_kind`` casting allows it (a float into an int Variable does not).
 
     Raises:
       StructureError: a path is not in the tree, its kind, shape or dtype differ, the
         tree holds a frozen Variable or bare array there (make it mutable first), or two
         paths of one shared Variable are given different values.
+      UnreadableValueError: every refused value is unreadable (a deleted or donated
+        array, an escaped tracer); a mix of problems raises StructureError.
+      VariableWriteError: with ``exact=False``, every refused value does not fit.
       TypeError: an argument after ``tree`` is not a State.
 
     Examples:
@@ -309,9 +318,14 @@ def update(tree: Any, *states: State) -> None:
       >>> st.update(model, st.State({("w",): jnp.ones(2)}))
       >>> model["w"][...], model["b"][...]
       (Array([1., 1.], dtype=float32), Array([0.], dtype=float32))
+
+      NumPy's rules instead of exact dtypes and shapes:
+
+      >>> st.update(model, st.State({("b",): 3}), exact=False)
+      >>> model["b"][...]
+      Array([3.], dtype=float32)
     """
     graphdef, targets = _graph.flatten(tree)
-    writes: list[tuple[Any, Any]] = []
     chosen: dict[int, tuple[Path, Any]] = {}  # value index -> (path, value) to write
     problems: list[str] = []
     for s in states:
@@ -339,49 +353,10 @@ def update(tree: Any, *states: State) -> None:
                 problems.append(_conflict(before[0], path))
             elif before is None or before[0] == path:
                 chosen[i] = (path, new)  # the same path in a later State wins
+    # Paths are looked up only to name a refused write (they cost a walk of the tree).
+    plan = _plan.WritePlan("update", exact=exact, where=lambda i: graphdef.paths()[i])
+    for problem in problems:
+        plan.refuse(None, StructureError(problem.strip()))
     for i, (_, new) in chosen.items():
-        target = targets[i]
-        problem = _check_write(target, new)
-        if problem:
-            problems.append(f"  {format_path(graphdef.paths()[i])}: {problem}")
-        else:
-            writes.append((target, new))
-    if problems:
-        raise StructureError(
-            f"update: {len(problems)} path(s) cannot be written; nothing was written:\n"
-            + "\n".join(problems)
-        )
-    raw_writes = []
-    for target, new in writes:
-        raw = target._raw if isinstance(target, Variable) else target
-        value = new.value if isinstance(new, Variable) else _storage.read(new)
-        if isinstance(target, Variable) and not type(target).differentiable:
-            # As for direct writes: JAX refuses differentiated values written into refs
-            # under jax.grad; statistics written back after a scan inside a loss are such.
-            value = jax.lax.stop_gradient(value)
-        raw_writes.append((raw, value))
-    _storage.write_all(raw_writes)  # packed views: one write per buffer
-
-
-def _check_write(target: Any, new: Any) -> str | None:
-    if isinstance(target, Variable):
-        if isinstance(new, Variable) and type(new) is not type(target):
-            return f"kind {type(new).__name__} does not match the tree's {type(target).__name__}"
-        if not target.mutable:
-            return (
-                f"the tree holds a frozen {type(target).__name__} here, which cannot be "
-                "written in place; make the tree mutable first: tree = st.mutable(tree)"
-            )
-    elif not _storage.is_storage(target):
-        return (
-            "the tree holds a bare array here, which cannot be written in place; make "
-            "the tree mutable first: tree = st.mutable(tree)"
-        )
-    elif isinstance(new, Variable):
-        return f"the tree holds a raw Ref here, the State a {type(new).__name__}"
-    shape, dtype = tuple(target.shape), target.dtype
-    new_shape = tuple(np.shape(new)) if not hasattr(new, "shape") else tuple(new.shape)
-    new_dtype = getattr(new, "dtype", None)
-    if new_shape != shape or new_dtype != dtype:
-        return f"expected {dtype}{list(shape)}, got {new_dtype}{list(new_shape)}"
-    return None
+        plan.add(targets[i], new, i)
+    plan.commit()  # all or nothing; packed views: one write per buffer

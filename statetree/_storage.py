@@ -119,7 +119,22 @@ def _explicit_sharding(array: Any) -> Any:
     return sharding if isinstance(array, jax.core.Tracer) else array.sharding
 
 
-def new_storage(value: Any) -> Any:
+# The Ref kind of state that is not differentiated: JAX neither differentiates through
+# it nor replays its reads and writes when `jax.checkpoint` (remat) recomputes the
+# forward pass, so a counter bumped inside a rematerialized function is bumped once.
+NO_GRAD_NO_REMAT = "no_grad_no_remat"
+
+
+def new_storage(value: Any, differentiable: bool = True) -> Any:
     """Fresh mutable storage holding ``value`` (``jax.new_ref`` copies, so later writes
-    never reach ``value``)."""
-    return jax.new_ref(value)
+    never reach ``value``).
+
+    ``differentiable=False`` (the kinds whose ``differentiable`` is False: batch
+    statistics, caches, optimizer state) makes a Ref of JAX's ``no_grad_no_remat`` kind:
+    its writes are state, carried out once, never recomputed by ``jax.checkpoint``.
+    Differentiable kinds keep JAX's default kind, through which gradients can flow (a
+    Ref made from a differentiated value inside ``jax.grad``).
+    """
+    if differentiable:
+        return jax.new_ref(value)
+    return jax.new_ref(value, kind=NO_GRAD_NO_REMAT)

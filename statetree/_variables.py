@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _storage, _writes
+from . import _plan, _storage, _writes
 from ._array_ops import ArrayBehaviour
 from ._config import mutable_arrays_enabled
-from ._errors import FrozenVariableError, RefValueError
+from ._errors import RefValueError, UnreadableValueError, VariableWriteError
 
 __all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable"]
 
@@ -100,18 +100,26 @@ class Variable(ArrayBehaviour):
         _register_kind(cls)
 
     def __init__(self, value: Any, *, mutable: bool | None = None, **metadata: Any) -> None:
+        name = type(self).__name__
+        if mutable is not None and not isinstance(mutable, (bool, np.bool_)):
+            raise TypeError(
+                f"{name}(value, mutable={mutable!r}): mutable must be True, False or None "
+                f"(follow st.use_mutable_arrays), not a {type(mutable).__name__}; a string "
+                "such as 'false' would count as true. Pass a bool."
+            )
         if isinstance(value, Variable):
             value = value.value
         if _storage.is_storage(value):
             raise RefValueError(
-                f"{type(self).__name__}(value): value is a jax.Ref, but a Variable owns its "
+                f"{name}(value): value is a jax.Ref, but a Variable owns its "
                 "storage and two owners of one Ref would alias. Pass ref[...] to copy "
                 "its current value, or call st.mutable(tree) on a tree holding raw Refs."
             )
+        _check_initial(name, value)
         if mutable is None:
             mutable = mutable_arrays_enabled()
-        array = jnp.asarray(value)
-        self._raw = _storage.new_storage(array) if mutable else array
+        array = jnp.asarray(_writes.scalar(value))
+        self._raw = _storage.new_storage(array, type(self).differentiable) if mutable else array
         self._metadata = tuple(sorted(metadata.items()))
 
     @classmethod
@@ -176,51 +184,20 @@ class Variable(ArrayBehaviour):
 
     def __getitem__(self, idx: Any) -> Any:
         value = _storage.read(self._raw)
+        if idx is Ellipsis:
+            return value
+        # A static index out of range is refused, as NumPy does (JAX would clip it).
+        _writes.check_index(tuple(self._raw.shape), idx, self._describe)
         # Indexing the array (never the raw Ref) keeps NumPy semantics: a raw Ref would
         # silently drop `None` axes.
-        return value if idx is Ellipsis else value[idx]
+        return value[idx]
 
     # ---------------------------------------------------------------- writes
     def __setitem__(self, idx: Any, new: Any) -> None:
         self._write(idx, new)
 
     def _write(self, idx: Any, new: Any) -> None:
-        raw = self._raw
-        if not _storage.is_storage(raw):
-            packed_hint = (
-                " A Variable of a packed tree arrives frozen when only part of the tree "
-                "is passed to jax.jit (packed['layer'], a State from st.split(packed)): "
-                "pass the whole packed tree and pick the part inside."
-                if _storage.is_traced(raw)
-                else ""
-            )
-            raise FrozenVariableError(
-                f"Cannot write into a {self._describe()}: it holds a plain "
-                "jax.Array, and a write inside jax.jit would be lost when the call "
-                "returns. Make it mutable first: st.mutable(tree) for a whole tree, or "
-                "create it with mutable=True (or under st.use_mutable_arrays(True))." + packed_hint
-            )
-        value = self._coerce(idx, new)
-        if idx is Ellipsis:
-            _storage.write(raw, value)
-        else:
-            _storage.write_at(raw, idx, value)
-
-    def _coerce(self, idx: Any, new: Any) -> Any:
-        """``new`` as an array of this Variable's dtype and of the indexed shape."""
-        if isinstance(new, Variable):
-            new = new.value
-        if _storage.is_storage(new):
-            raise RefValueError(
-                f"Cannot write a jax.Ref into {self._describe()}: a Variable stores "
-                "values, not references. Write its current value instead: v[...] = ref[...]."
-            )
-        value = _writes.coerce(new, self._raw.dtype, tuple(self._raw.shape), idx, self._describe)
-        if not type(self).differentiable:
-            # Non-differentiable kinds (batch statistics, caches, optimizer state) are
-            # written inside losses; JAX refuses differentiated values in such writes.
-            value = jax.lax.stop_gradient(value)
-        return value
+        _plan.write_one(self, idx, new)
 
     # ---------------------------------------------------------------- display
     def _describe(self) -> str:
@@ -243,6 +220,29 @@ class Variable(ArrayBehaviour):
             value = np.asarray(_storage.read(raw))
             parts.append("value=" + np.array2string(value, separator=", "))
         return ", ".join(parts) + ")"
+
+
+def _check_initial(name: str, value: Any) -> None:
+    """Refuse what is no single array: a Variable holds exactly one."""
+    if isinstance(value, (str, bytes, Mapping)) or value is None:
+        raise VariableWriteError(
+            f"{name}(value): value is a {type(value).__name__}, not an array. A Variable "
+            "holds one array; for a tree of values (a dict of arrays), make every array "
+            "a Variable with st.mutable(tree), or st.Variable each array."
+        )
+    if isinstance(value, (list, tuple)) and any(
+        isinstance(leaf, (jax.Array, np.ndarray, Variable)) or _storage.is_storage(leaf)
+        for leaf in jax.tree_util.tree_leaves(value, is_leaf=lambda x: isinstance(x, Variable))
+    ):
+        raise VariableWriteError(
+            f"{name}(value): value is a {type(value).__name__} holding arrays. A Variable "
+            "holds one array, and stacking them silently would change their shape: make "
+            "one Variable per array (st.mutable(tree) converts a whole tree), or stack "
+            "them on purpose with jnp.stack(value)."
+        )
+    reason = _writes.unreadable(value)
+    if reason is not None:
+        raise UnreadableValueError(f"{name}(value): the value {reason}.")
 
 
 def _flatten_with_keys(v: Variable) -> tuple[tuple[tuple[Any, Any]], Any]:

@@ -6,16 +6,17 @@ the Variable's dtype and of the indexed shape, or raises ``VariableWriteError`` 
 why NumPy would refuse it and how to write it instead.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import VariableWriteError
+from . import _storage
+from ._errors import UnreadableValueError, VariableIndexError, VariableWriteError
 
-__all__ = ["coerce", "family"]
+__all__ = ["check_index", "check_readable", "coerce", "family", "scalar", "unreadable"]
 
 # NumPy's `same_kind` casting as a ranking of dtype families: a value may be written into
 # a Variable whose family ranks the same or higher.
@@ -41,12 +42,39 @@ def family(dtype: Any) -> int:
 _PY_FAMILIES = {bool: 0, int: 1, float: 3, complex: 4}
 
 
-def _source(new: Any) -> tuple[str, str, Any, int]:
+# Values that are no array at all: JAX would read a string as a dtype name and None as
+# float32 (`jnp.result_type(None)`), so they are refused by type before JAX sees them.
+_NOT_ARRAYS = (str, bytes, type(None), Mapping, set, frozenset)
+
+
+def scalar(new: Any) -> Any:
+    """A NumPy scalar (``np.int64(300)``) as the Python scalar of its value, so that it
+    takes the Variable's dtype and is range-checked as a Python scalar is; anything else
+    unchanged. (``jnp.asarray(np.int64(300), jnp.int8)`` would wrap it to 44.)"""
+    if isinstance(new, np.generic) and new.dtype.kind in "biufc":
+        return new.item()
+    return new
+
+
+def _source(new: Any, describe: Callable[[], str]) -> tuple[str, str, Any, int]:
     """``(description, type name, dtype or None, family)`` of a value to be written."""
     if type(new) in _PY_FAMILIES:
         name = type(new).__name__
         return f"a Python {name}", name, None, _PY_FAMILIES[type(new)]
-    dtype = jnp.result_type(new)
+    if isinstance(new, _NOT_ARRAYS):
+        raise VariableWriteError(
+            f"Cannot write {type(new).__name__} {_short(new)} into {describe()}: a Variable "
+            "holds an array, and this value is not one. Write an array or a number of "
+            "the Variable's shape (v[...] = jnp.zeros(v.shape, v.dtype)); to store text or "
+            "None, keep it beside the Variable, not in it."
+        )
+    try:
+        dtype = jnp.result_type(new)
+    except TypeError as e:
+        raise VariableWriteError(
+            f"Cannot write a {type(new).__name__} into {describe()}: it is not an array "
+            f"({e}). Write an array or a number of the Variable's shape."
+        ) from None
     rank = family(dtype)
     if rank == 2 and isinstance(new, jax.Array) and jax.typeof(new).weak_type:
         rank = 1  # a weakly typed int (from a Python int) takes the Variable's dtype
@@ -60,17 +88,80 @@ def _can_cast(src_dtype: Any, src_family: int, dst: Any) -> bool:
     return src_family >= 0 and d >= 0 and src_family <= d
 
 
-def _indexed_shape(shape: tuple[int, ...], idx: Any) -> tuple[int, ...]:
-    """The shape ``array[idx]`` has, computed without touching any data."""
-    if idx is Ellipsis:
-        return shape
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_index(
+    shape: tuple[int, ...], idx: Any, describe: Callable[[], str]
+) -> tuple[int, ...] | None:
+    """The shape ``array[idx]`` has, computed without touching any data; None when the
+    index holds traced values (its range is not known here).
+
+    A static index that NumPy refuses (an integer out of range, too many indices, a
+    float) raises :class:`VariableIndexError`: JAX would clip a read and drop a write.
+    Slices clip, as in NumPy.
+    """
     try:
         # A zero-strided NumPy view: basic and NumPy-array indexing cost nothing.
         return np.broadcast_to(np.bool_(False), shape)[idx].shape
-    except (IndexError, TypeError, ValueError):
-        # Indices holding jax arrays or tracers: ask JAX.
-        probe = jax.ShapeDtypeStruct(shape, jnp.bool_)
-        return jax.eval_shape(lambda a: a[idx], probe).shape
+    except IndexError as e:
+        raise VariableIndexError(
+            f"Index {_short(idx)} is out of range for {describe()}: {e} (shape "
+            f"{shape}). NumPy refuses it; JAX would silently clip a read and drop a "
+            "write. Index within the shape, or use .at[idx].get(mode='fill') on the value "
+            "if out-of-range positions are meant to be skipped."
+        ) from None
+    except (TypeError, ValueError):
+        return None  # traced or JAX-only indices: JAX checks what it can
+
+
+def _indexed_shape(shape: tuple[int, ...], idx: Any, describe: Callable[[], str]) -> Any:
+    """The shape ``array[idx]`` has (refusing static indices out of range)."""
+    if idx is Ellipsis:
+        return shape
+    static = check_index(shape, idx, describe)
+    if static is not None:
+        return static
+    # Indices holding tracers: ask JAX.
+    probe = jax.ShapeDtypeStruct(shape, jnp.bool_)
+    return jax.eval_shape(lambda a: a[idx], probe).shape
+
+
+def unreadable(x: Any) -> str | None:
+    """Why the array (or storage) ``x`` cannot be read, as a clause whose subject is
+    ``x`` ("was deleted ..."), or None when it can: a deleted (donated) array, or a
+    tracer that escaped the transform that made it."""
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        if x.is_deleted():
+            return (
+                "was deleted (donated to a jax.jit call with donate_argnums, or "
+                ".delete()d), so there is no value to read. Use the value the donating call "
+                "returned, or keep a copy (jnp.array(x)) before donating"
+            )
+        return None
+    if isinstance(x, jax.core.Tracer):
+        trace = getattr(x, "_trace", None)
+        if trace is not None and not trace.is_valid():
+            return (
+                "is a tracer that escaped the jax.jit/grad/vmap call that made it "
+                "(stored on an object or a global during tracing). Return the value from "
+                "the transformed function and write it outside"
+            )
+        return None
+    if _storage.is_storage(x):  # a packed view: its buffer
+        buffer = getattr(x, "buffer", None)
+        return None if buffer is None else unreadable(buffer)
+    return None
+
+
+def check_readable(x: Any, describe: Callable[[], str]) -> None:
+    """Raise :class:`UnreadableValueError` when ``x`` cannot be read (see
+    :func:`unreadable`); ``describe()`` names what it is."""
+    reason = unreadable(x)
+    if reason is not None:
+        raise UnreadableValueError(f"Cannot use {describe()}: it {reason}.")
 
 
 def coerce(
@@ -78,7 +169,8 @@ def coerce(
 ) -> Any:
     """``new`` as an array of ``dtype`` and of the shape ``idx`` selects from ``shape``;
     ``describe()`` names the Variable in errors."""
-    described, name, src_dtype, src_family = _source(new)
+    new = scalar(new)
+    described, name, src_dtype, src_family = _source(new, describe)
     if not _can_cast(src_dtype, src_family, dtype):
         raise VariableWriteError(
             f"Cannot write {described} into {describe()}: NumPy's "
@@ -86,7 +178,7 @@ def coerce(
             f"would lose data. Convert it explicitly, e.g. x.astype({dtype}) (or "
             f"jnp.round(x).astype({dtype}))."
         )
-    target = _indexed_shape(shape, idx)
+    target = _indexed_shape(shape, idx, describe)
     try:
         value = jnp.asarray(new, dtype=dtype)
     except OverflowError:

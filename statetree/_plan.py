@@ -1,0 +1,201 @@
+"""The one write path: every value written into a Variable or a Ref goes through here.
+
+``v[...] = x``, ``st.update``, ``Optimizer.update``, ``st.restore`` and the adapters all
+write through a :class:`WritePlan`: each write is checked when it is added (the target
+is mutable storage and readable; the value is an array, readable, of a dtype and shape
+that fit; a static index is in range), and nothing is written until :meth:`commit`,
+which refuses the whole plan if any write was refused and otherwise carries out every
+write at once (packed views: one write per buffer, :func:`statetree._storage.write_all`).
+Half-applied writes therefore have one place to be impossible.
+
+Two rules for values, chosen per plan:
+
+- ``exact=False``, NumPy assignment (``v[...] = x``, the optimizer, the adapters): the
+  value broadcasts to the indexed shape and is cast if NumPy's ``same_kind`` casting
+  allows it; Python and NumPy scalars take the target's dtype, in range.
+- ``exact=True`` (``st.update``, checkpoint restore): the value must have the target's
+  dtype and shape already, so a State from another model never lands silently.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from . import _storage, _variables, _writes
+from ._errors import (
+    FrozenVariableError,
+    RefValueError,
+    StateTreeError,
+    StructureError,
+    UnreadableValueError,
+    format_path,
+)
+
+__all__ = ["WritePlan", "write_one"]
+
+Path = tuple[Any, ...]
+
+
+def _frozen(target: Any) -> FrozenVariableError:
+    packed_hint = (
+        " A Variable of a packed tree arrives frozen when only part of the tree "
+        "is passed to jax.jit (packed['layer'], a State from st.split(packed)): "
+        "pass the whole packed tree and pick the part inside."
+        if _storage.is_traced(target._raw)
+        else ""
+    )
+    return FrozenVariableError(
+        f"Cannot write into a {target._describe()}: it holds a plain "
+        "jax.Array, and a write inside jax.jit would be lost when the call "
+        "returns. Make it mutable first: st.mutable(tree) for a whole tree, or "
+        "create it with mutable=True (or under st.use_mutable_arrays(True))." + packed_hint
+    )
+
+
+def _describe_raw(raw: Any) -> Callable[[], str]:
+    def describe() -> str:
+        shape = ",".join(map(str, getattr(raw, "shape", ())))
+        return f"a Ref {getattr(raw, 'dtype', '?')}[{shape}]"
+
+    return describe
+
+
+def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any]:
+    """``(raw storage, value to store)`` for the write ``target[idx] = new``, after every
+    check; raises the statetree error that says why it cannot be written."""
+    Variable = _variables.Variable
+    if isinstance(target, Variable):
+        raw = target._raw
+        if not _storage.is_storage(raw):
+            if idx is Ellipsis and exact:  # in a list of paths: say it short
+                raise FrozenVariableError(
+                    f"the tree holds a frozen {type(target).__name__} here, which cannot be "
+                    "written in place; make the tree mutable first: tree = st.mutable(tree)"
+                )
+            raise _frozen(target)
+        describe: Callable[[], str] = target._describe
+        differentiable = type(target).differentiable
+    elif _storage.is_storage(target):
+        raw, describe, differentiable = target, _describe_raw(target), True
+    else:
+        raise StructureError(
+            "the tree holds a bare array here, which cannot be written in place; make "
+            "the tree mutable first: tree = st.mutable(tree)"
+        )
+    _writes.check_readable(raw, describe)
+    if isinstance(new, Variable):
+        if exact and isinstance(target, Variable) and type(new) is not type(target):
+            raise StructureError(
+                f"kind {type(new).__name__} does not match the tree's {type(target).__name__}"
+            )
+        if exact and not isinstance(target, Variable):
+            kind = type(new).__name__
+            raise StructureError(f"the tree holds a raw Ref here, the State a {kind}")
+        new = new._raw
+    reason = _writes.unreadable(new)
+    if reason is not None:
+        raise UnreadableValueError(f"Cannot write into {describe()}: the value {reason}.")
+    if _storage.is_storage(new):
+        new = _storage.read(new)
+    if exact:
+        value = _exact(raw, new)
+    else:
+        value = _writes.coerce(new, raw.dtype, tuple(raw.shape), idx, describe)
+    if not differentiable:
+        # Non-differentiable kinds (batch statistics, caches, optimizer state) are
+        # written inside losses; JAX refuses differentiated values in such writes.
+        value = jax.lax.stop_gradient(value)
+    return raw, value
+
+
+def _exact(raw: Any, new: Any) -> Any:
+    """``new`` unchanged when it has exactly ``raw``'s dtype and shape (``st.update``)."""
+    shape, dtype = tuple(raw.shape), raw.dtype
+    new_dtype = getattr(new, "dtype", None)
+    new_shape = tuple(new.shape) if hasattr(new, "shape") else None
+    if new_dtype is None or new_shape is None:
+        got = f"a {type(new).__name__}, not an array"
+    elif new_shape != shape or new_dtype != dtype:
+        got = f"{new_dtype}{list(new_shape)}"
+    else:
+        return new
+    raise StructureError(f"expected {dtype}{list(shape)}, got {got}")
+
+
+def write_one(target: Any, idx: Any, new: Any) -> None:
+    """``target[idx] = new`` for one Variable: checked, then written (NumPy rules)."""
+    if isinstance(new, _variables.Variable):
+        new = new.value
+    if _storage.is_storage(new):
+        raise RefValueError(
+            f"Cannot write a jax.Ref into {target._describe()}: a Variable stores "
+            "values, not references. Write its current value instead: v[...] = ref[...]."
+        )
+    raw, value = prepare(target, new, idx, exact=False)
+    if idx is Ellipsis:
+        _storage.write(raw, value)
+    else:
+        _storage.write_at(raw, idx, value)
+
+
+class WritePlan:
+    """Writes that are checked as they are added and carried out together.
+
+    Args:
+      who: the caller, named in errors (``"update"``, ``"Optimizer.update"``, ...).
+      exact: values must have their target's dtype and shape already (``st.update``'s
+        rule); otherwise NumPy's assignment rules apply, as for ``v[...] = x``.
+      where: turns the ``path`` given to :meth:`add` into the path named in errors
+        (callers that know positions cheaply and paths only at a cost pass positions).
+    """
+
+    __slots__ = ("_problems", "_where", "_writes", "exact", "who")
+
+    def __init__(
+        self, who: str, *, exact: bool = False, where: Callable[[Any], Path] | None = None
+    ) -> None:
+        self.who = who
+        self.exact = exact
+        self._where = where
+        self._writes: list[tuple[Any, Any]] = []
+        self._problems: list[tuple[Any, StateTreeError]] = []
+
+    def add(self, target: Any, new: Any, path: Any = None) -> None:
+        """Plan ``target[...] = new``; a write that cannot be made is remembered (with
+        ``path`` for the message) and refuses the whole plan at :meth:`commit`."""
+        try:
+            self._writes.append(prepare(target, new, Ellipsis, self.exact))
+        except StateTreeError as e:
+            self._problems.append((path, e))
+
+    def refuse(self, path: Any, problem: StateTreeError) -> None:
+        """Record a problem found by the caller (an extra path, a conflict)."""
+        self._problems.append((path, problem))
+
+    @property
+    def ok(self) -> bool:
+        """Whether every write added so far can be made."""
+        return not self._problems
+
+    def commit(self) -> None:
+        """Carry out every planned write, or none: raise when any write was refused."""
+        if self._problems:
+            raise self.error()
+        _storage.write_all(self._writes)
+        self._writes = []
+
+    def error(self) -> StateTreeError:
+        """One error naming every refused write: of the class the problems share, or a
+        StructureError when they differ."""
+        classes = {type(e) for _, e in self._problems}
+        cls = classes.pop() if len(classes) == 1 else StructureError
+        where = self._where
+        lines = [
+            f"  {e}" if p is None else f"  {format_path(where(p) if where else p)}: {e}"
+            for p, e in self._problems
+        ]
+        n = len(self._problems)
+        return cls(
+            f"{self.who}: {n} path(s) cannot be written; nothing was written:\n" + "\n".join(lines)
+        )
