@@ -10,15 +10,17 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from . import _graph, _packed, _storage
+from . import _graph, _packed, _plan, _storage
 from ._filters import needs_path, to_predicate
 from ._variables import Variable
 
 __all__ = ["mutable", "freeze", "unbox"]
 
 
-def _map_values(tree: Any, fn: Callable[[Any], Any], only: Any) -> Any:
+def _map_values(tree: Any, fn: Callable[[Any], Any], only: Any, who: str = "") -> Any:
     graphdef, values = _graph.flatten(tree)
+    if who:  # refuse deleted (donated) arrays by path before converting any
+        _plan.check_readable(values, graphdef.paths, who)
     if only is Ellipsis:
         new = list(map(fn, values))
     else:
@@ -99,10 +101,11 @@ def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
       (False, True)
     """
     if not packed:
-        return _map_values(tree, _to_mutable, only)
+        return _map_values(tree, _to_mutable, only, "mutable")
     if isinstance(tree, _packed.Packed):
         tree = tree._tree  # pack again: its values are copied into new buffers
     graphdef, values = _graph.flatten(tree)
+    _plan.check_readable(values, graphdef.paths, "mutable")
     if only is Ellipsis:
         chosen = [True] * len(values)
     else:

@@ -32,7 +32,7 @@ from ._errors import (
     format_path,
 )
 
-__all__ = ["WritePlan", "write_one"]
+__all__ = ["WritePlan", "check_readable", "write_one"]
 
 Path = tuple[Any, ...]
 
@@ -198,4 +198,20 @@ class WritePlan:
         n = len(self._problems)
         return cls(
             f"{self.who}: {n} path(s) cannot be written; nothing was written:\n" + "\n".join(lines)
+        )
+
+
+def check_readable(values: list[Any], paths: Callable[[], tuple[Path, ...]], who: str) -> None:
+    """Refuse, naming every path, values that cannot be read (deleted or donated arrays,
+    escaped tracers), before ``who`` converts or writes any of them. ``paths()`` gives
+    the values' paths; it is called only when one is refused."""
+    bad = []
+    for i, value in enumerate(values):
+        raw = value._raw if isinstance(value, _variables.Variable) else value
+        reason = _writes.unreadable(raw)
+        if reason is not None:
+            bad.append(f"  {format_path(paths()[i])}: {reason}")
+    if bad:
+        raise UnreadableValueError(
+            f"{who}: {len(bad)} value(s) cannot be read; nothing was converted:\n" + "\n".join(bad)
         )

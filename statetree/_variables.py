@@ -101,7 +101,7 @@ class Variable(ArrayBehaviour):
 
     def __init__(self, value: Any, *, mutable: bool | None = None, **metadata: Any) -> None:
         name = type(self).__name__
-        if mutable is not None and not isinstance(mutable, (bool, np.bool_)):
+        if mutable is not None and not isinstance(mutable, bool):
             raise TypeError(
                 f"{name}(value, mutable={mutable!r}): mutable must be True, False or None "
                 f"(follow st.use_mutable_arrays), not a {type(mutable).__name__}; a string "
@@ -222,11 +222,15 @@ class Variable(ArrayBehaviour):
         return ", ".join(parts) + ")"
 
 
+def _what(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
 def _check_initial(name: str, value: Any) -> None:
     """Refuse what is no single array: a Variable holds exactly one."""
     if isinstance(value, (str, bytes, Mapping)) or value is None:
         raise VariableWriteError(
-            f"{name}(value): value is a {type(value).__name__}, not an array. A Variable "
+            f"{name}(value): value is {_what(value)}, not an array. A Variable "
             "holds one array; for a tree of values (a dict of arrays), make every array "
             "a Variable with st.mutable(tree), or st.Variable each array."
         )

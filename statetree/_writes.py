@@ -62,8 +62,9 @@ def _source(new: Any, describe: Callable[[], str]) -> tuple[str, str, Any, int]:
         name = type(new).__name__
         return f"a Python {name}", name, None, _PY_FAMILIES[type(new)]
     if isinstance(new, _NOT_ARRAYS):
+        what = "None" if new is None else f"the {type(new).__name__} {_short(new)}"
         raise VariableWriteError(
-            f"Cannot write {type(new).__name__} {_short(new)} into {describe()}: a Variable "
+            f"Cannot write {what} into {describe()}: a Variable "
             "holds an array, and this value is not one. Write an array or a number of "
             "the Variable's shape (v[...] = jnp.zeros(v.shape, v.dtype)); to store text or "
             "None, keep it beside the Variable, not in it."
@@ -108,10 +109,10 @@ def check_index(
         return np.broadcast_to(np.bool_(False), shape)[idx].shape
     except IndexError as e:
         raise VariableIndexError(
-            f"Index {_short(idx)} is out of range for {describe()}: {e} (shape "
-            f"{shape}). NumPy refuses it; JAX would silently clip a read and drop a "
-            "write. Index within the shape, or use .at[idx].get(mode='fill') on the value "
-            "if out-of-range positions are meant to be skipped."
+            f"Index {_short(idx)} does not fit {describe()} (shape {shape}): {e}. NumPy "
+            "refuses such an index; JAX would silently clip a read and drop a write out "
+            "of range. Index within the shape (slices clip), or read v[...].at[idx].get("
+            "mode='fill') if out-of-range positions are meant to be skipped."
         ) from None
     except (TypeError, ValueError):
         return None  # traced or JAX-only indices: JAX checks what it can
@@ -129,6 +130,18 @@ def _indexed_shape(shape: tuple[int, ...], idx: Any, describe: Callable[[], str]
     return jax.eval_shape(lambda a: a[idx], probe).shape
 
 
+try:  # whether no transform is tracing now: then every tracer has escaped its own
+    from jax._src.core import trace_ctx as _trace_ctx
+
+    def _top_level() -> bool:
+        return bool(_trace_ctx.is_top_level())
+
+except ImportError:  # pragma: no cover - private names moved: JAX's own error remains
+
+    def _top_level() -> bool:
+        return False
+
+
 def unreadable(x: Any) -> str | None:
     """Why the array (or storage) ``x`` cannot be read, as a clause whose subject is
     ``x`` ("was deleted ..."), or None when it can: a deleted (donated) array, or a
@@ -143,7 +156,7 @@ def unreadable(x: Any) -> str | None:
         return None
     if isinstance(x, jax.core.Tracer):
         trace = getattr(x, "_trace", None)
-        if trace is not None and not trace.is_valid():
+        if _top_level() or (trace is not None and not trace.is_valid()):
             return (
                 "is a tracer that escaped the jax.jit/grad/vmap call that made it "
                 "(stored on an object or a global during tracing). Return the value from "

@@ -1,0 +1,438 @@
+"""The one write path (statetree._plan): remat-safe state, checks before any write, static
+index ranges, NumPy scalars, values that are no array, and every writer going through it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+import statetree as st
+from statetree import _plan
+
+# ----------------------------------------------------------------- 14.1 remat
+
+
+def _counting_loss(count: st.Variable, remat):
+    def layer(w: jax.Array, x: jax.Array) -> jax.Array:
+        count[...] += 1
+        return jnp.tanh(x @ w)
+
+    return lambda w: remat(layer)(w, jnp.ones((2, 3))).sum()
+
+
+@pytest.mark.parametrize("remat", [jax.checkpoint, jax.remat], ids=["checkpoint", "remat"])
+def test_a_write_under_remat_happens_once(remat) -> None:
+    # The issue's example: a counter bumped inside jax.checkpoint under jax.grad was
+    # bumped twice (the backward pass replayed the write).
+    count = st.BatchStat(jnp.array(0), mutable=True)
+    jax.grad(_counting_loss(count, remat))(jnp.eye(3))
+    assert int(count[...]) == 1
+    jax.jit(jax.grad(_counting_loss(count, remat)))(jnp.eye(3))
+    assert int(count[...]) == 2
+
+
+def test_non_differentiable_kinds_get_no_grad_no_remat_refs() -> None:
+    class Counter(st.Variable):  # a user kind
+        differentiable = False
+
+    made = {
+        "stat": st.BatchStat(jnp.zeros(2), mutable=True),
+        "cache": st.Cache(jnp.zeros(2), mutable=True),
+        "opt": st.OptState(jnp.zeros(2), mutable=True),
+        "user": Counter(jnp.zeros(2), mutable=True),
+    }
+    converted = st.mutable({"stat": st.BatchStat(jnp.zeros(2)), "w": st.Param(jnp.zeros(2))})
+    with st.use_mutable_arrays(True):
+        made["default"] = st.Cache(jnp.zeros(2))
+    for name, v in {**made, "converted": converted["stat"]}.items():
+        assert jax.typeof(v._raw).kind == "no_grad_no_remat", name
+    assert jax.typeof(converted["w"]._raw).kind is None  # differentiable: JAX's default
+    assert jax.typeof(st.Param(jnp.zeros(2), mutable=True)._raw).kind is None
+
+
+def test_batch_statistics_in_a_scan_under_remat_are_written_once_per_step() -> None:
+    stats = st.BatchStat(jnp.zeros(3), mutable=True)
+    steps = st.BatchStat(jnp.array(0), mutable=True)
+
+    def loss(w: jax.Array) -> jax.Array:
+        @jax.checkpoint
+        def body(h: jax.Array, x: jax.Array) -> tuple[jax.Array, None]:
+            h = jnp.tanh(h @ w + x)
+            stats[...] = stats[...] + h  # a running sum: replayed, it would double
+            steps[...] += 1
+            return h, None
+
+        h, _ = jax.lax.scan(body, jnp.ones(3), jnp.ones((4, 3)))
+        return h.sum()
+
+    w = 0.1 * jnp.eye(3)
+    grad = jax.jit(jax.grad(loss))(w)
+
+    def reference(w: jax.Array) -> jax.Array:  # the same sums, computed functionally
+        def body(carry: tuple, x: jax.Array) -> tuple:
+            h, total = carry
+            h = jnp.tanh(h @ w + x)
+            return (h, total + h), None
+
+        (_, total), _ = jax.lax.scan(body, (jnp.ones(3), jnp.zeros(3)), jnp.ones((4, 3)))
+        return total
+
+    assert int(steps[...]) == 4
+    np.testing.assert_allclose(stats[...], reference(w), rtol=1e-6)
+    np.testing.assert_allclose(grad, jax.grad(loss_free)(w), rtol=1e-6)
+
+
+def loss_free(w: jax.Array) -> jax.Array:
+    """The scan's loss without state, for the gradient comparison."""
+
+    def body(h: jax.Array, x: jax.Array) -> tuple[jax.Array, None]:
+        return jnp.tanh(h @ w + x), None
+
+    h, _ = jax.lax.scan(body, jnp.ones(3), jnp.ones((4, 3)))
+    return h.sum()
+
+
+def test_packed_counter_under_remat_is_written_once() -> None:
+    # A packed buffer holding a Param and a BatchStat takes the no-grad-no-remat kind.
+    packed = st.mutable(
+        {"w": st.Param(jnp.eye(3)), "count": st.BatchStat(jnp.array(0))}, packed=True
+    )
+    assert [jax.typeof(b).kind for b in packed.buffers] == ["no_grad_no_remat"]
+
+    @jax.jit
+    def step(model: st.Packed, x: jax.Array) -> jax.Array:
+        def loss(w: jax.Array) -> jax.Array:
+            def layer(w: jax.Array, x: jax.Array) -> jax.Array:
+                model["count"][...] += 1
+                return jnp.tanh(x @ w)
+
+            return jax.checkpoint(layer)(w, x).sum()
+
+        return jax.grad(loss)(model["w"][...])
+
+    grad = step(packed, jnp.ones((2, 3)))
+    assert int(packed["count"][...]) == 1
+    np.testing.assert_allclose(
+        grad, jax.grad(lambda w: jnp.tanh(jnp.ones((2, 3)) @ w).sum())(jnp.eye(3)), rtol=1e-6
+    )
+
+
+def test_traced_packing_keeps_kinds_apart() -> None:
+    # Inside a transform, values may be differentiated: kinds get buffers of their own
+    # there, so a differentiable one keeps JAX's default Ref kind.
+    kinds: list[str] = []
+
+    @jax.jit
+    def f(x: jax.Array) -> jax.Array:
+        packed = st.mutable({"w": st.Param(x), "n": st.BatchStat(x)}, packed=True)
+        kinds.extend(sorted(str(jax.typeof(b).kind) for b in packed.buffers))
+        return packed["w"][...] + packed["n"][...]
+
+    np.testing.assert_array_equal(f(jnp.ones(2)), [2.0, 2.0])
+    assert kinds == ["None", "no_grad_no_remat"]
+
+
+# ----------------------------------------------------------------- 14.2 no half-update
+
+
+def _deleted(x: jax.Array) -> jax.Array:
+    x = jnp.array(x)
+    x.delete()
+    return x
+
+
+def _leaked_tracer() -> jax.Array:
+    leaked = []
+    jax.jit(lambda x: leaked.append(x) or x)(jnp.ones(2))
+    return leaked[0]
+
+
+@pytest.mark.parametrize("bad", ["deleted", "tracer"])
+def test_update_checks_every_value_before_the_first_write(bad: str) -> None:
+    model = st.mutable({"a": jnp.zeros(2), "b": jnp.zeros(2), "c": jnp.zeros(2)})
+    value = _deleted(jnp.ones(2)) if bad == "deleted" else _leaked_tracer()
+    new = st.State({("a",): jnp.ones(2), ("b",): value, ("c",): jnp.ones(2)})
+    with pytest.raises(st.UnreadableValueError, match=r"nothing was written:\n  \['b'\]: "):
+        st.update(model, new)
+    for k in "abc":  # bit-for-bit unchanged
+        np.testing.assert_array_equal(model[k][...], np.zeros(2, np.float32))
+
+
+def test_update_with_a_donated_array_names_its_path() -> None:
+    model = st.mutable({"a": jnp.zeros(2), "b": jnp.zeros(2)})
+    ones = jnp.ones(2)
+    jax.jit(lambda x: x + 1, donate_argnums=0)(ones)
+    if not ones.is_deleted():  # pragma: no cover - a backend without donation
+        pytest.skip("this backend does not donate buffers")
+    with pytest.raises(st.UnreadableValueError, match=r"\['b'\]: .*donate_argnums"):
+        st.update(model, st.State({("a",): jnp.ones(2), ("b",): ones}))
+    assert float(model["a"][0]) == 0.0
+
+
+def test_mixed_problems_raise_one_structure_error_naming_each_path() -> None:
+    model = st.mutable({"a": jnp.zeros(2), "b": jnp.zeros(2)})
+    new = st.State({("a",): jnp.ones(3), ("b",): _deleted(jnp.ones(2))})
+    with pytest.raises(st.StructureError, match=r"(?s)\['a'\]: expected.*\['b'\]: .*deleted"):
+        st.update(model, new)
+
+
+@settings(max_examples=25, deadline=None)
+@given(hs.lists(hs.sampled_from(["ok", "deleted", "shape", "dtype"]), min_size=1, max_size=6))
+def test_update_is_all_or_nothing(kinds: list[str]) -> None:
+    model = st.mutable({f"v{i}": jnp.zeros(2) for i in range(len(kinds))})
+    make = {
+        "ok": lambda: jnp.full(2, 7.0),
+        "deleted": lambda: _deleted(jnp.ones(2)),
+        "shape": lambda: jnp.ones(3),
+        "dtype": lambda: jnp.ones(2, jnp.int32),
+    }
+    new = st.State({(f"v{i}",): make[k]() for i, k in enumerate(kinds)})
+    if all(k == "ok" for k in kinds):
+        st.update(model, new)
+        assert all(float(model[f"v{i}"][0]) == 7.0 for i in range(len(kinds)))
+        return
+    with pytest.raises(st.StateTreeError, match="nothing was written"):
+        st.update(model, new)
+    assert all(float(model[f"v{i}"][0]) == 0.0 for i in range(len(kinds)))
+
+
+def test_a_leaked_variable_cannot_be_written() -> None:
+    leaked = []
+
+    @jax.jit
+    def f(x: jax.Array) -> jax.Array:
+        v = st.Variable(x, mutable=True)
+        leaked.append(v)
+        return x
+
+    f(jnp.ones(2))
+    with pytest.raises(st.UnreadableValueError, match=r"escaped the jax\.jit"):
+        leaked[0][...] = 1.0
+
+
+def test_mutable_of_a_deleted_array_names_the_path_and_converts_nothing() -> None:
+    tree = {"ok": jnp.ones(2), "gone": _deleted(jnp.ones(2))}
+    for packed in (False, True):
+        with pytest.raises(st.UnreadableValueError, match=r"\['gone'\]: was deleted"):
+            st.mutable(tree, packed=packed)
+    with pytest.raises(st.UnreadableValueError, match=r"Param\(value\): the value was deleted"):
+        st.Param(_deleted(jnp.ones(2)), mutable=True)
+
+
+# ----------------------------------------------------------------- 14.3 index range
+
+
+@jax.jit
+def _write_at_5(v: st.Variable) -> None:
+    v[5] = 1.0
+
+
+def test_static_out_of_range_write_is_refused_eagerly_and_in_jit() -> None:
+    v = st.Param(jnp.zeros(3), mutable=True)
+    with pytest.raises(st.VariableIndexError, match=r"Index 5 .*Param float32\[3\].*\(3,\)"):
+        v[5] = 1.0
+    with pytest.raises(IndexError, match="out of bounds for axis 0 with size 3"):
+        _write_at_5(v)
+    with pytest.raises(IndexError, match=r"Index 5 does not fit"):
+        v[5]
+    np.testing.assert_array_equal(v[...], np.zeros(3, np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=hs.lists(hs.integers(1, 4), min_size=1, max_size=2).map(tuple),
+    index=hs.integers(-6, 6),
+)
+def test_integer_indices_follow_numpy(shape: tuple, index: int) -> None:
+    data = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    v = st.Variable(data, mutable=True)
+    try:
+        expected = data[index]
+    except IndexError:
+        with pytest.raises(st.VariableIndexError):
+            v[index]
+        with pytest.raises(st.VariableIndexError):
+            v[index] = 0.0
+        np.testing.assert_array_equal(v[...], data)
+        return
+    np.testing.assert_array_equal(v[index], expected)
+    v[index] = -1.0
+    data[index] = -1.0
+    np.testing.assert_array_equal(v[...], data)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=hs.integers(0, 5),
+    start=hs.none() | hs.integers(-8, 8),
+    stop=hs.none() | hs.integers(-8, 8),
+    step=hs.none() | hs.integers(1, 3),
+)
+def test_slices_clip_as_in_numpy(n: int, start: int, stop: int, step: int) -> None:
+    data = np.arange(n, dtype=np.float32)
+    v = st.Variable(data, mutable=True)
+    idx = slice(start, stop, step)
+    np.testing.assert_array_equal(v[idx], data[idx])
+    v[idx] = 9.0
+    data[idx] = 9.0
+    np.testing.assert_array_equal(v[...], data)
+
+
+def test_static_index_arrays_are_range_checked_and_traced_ones_are_left_to_jax() -> None:
+    v = st.Variable(jnp.zeros(3), mutable=True)
+    with pytest.raises(st.VariableIndexError, match="index 5 is out of bounds"):
+        v[np.array([0, 5])] = 1.0
+    with pytest.raises(st.VariableIndexError, match="index 7 is out of bounds"):
+        v[jnp.array([7])]
+
+    @jax.jit
+    def write(v: st.Variable, i: jax.Array) -> None:
+        v[i] = 2.0
+
+    write(v, jnp.array(1))
+    np.testing.assert_array_equal(v[...], [0, 2, 0])
+
+
+# ----------------------------------------------------------------- 14.4 NumPy scalars
+
+_INTS = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    target=hs.sampled_from(_INTS),
+    source=hs.sampled_from([*_INTS, np.int64, np.uint64]),
+    value=hs.integers(-(2**33), 2**33),
+)
+def test_numpy_integer_scalars_behave_as_python_ints(target, source, value: int) -> None:
+    info = np.iinfo(source)
+    value = max(info.min, min(info.max, value))
+    v = st.Variable(jnp.zeros(2, target), mutable=True)
+    w = st.Variable(jnp.zeros(2, target), mutable=True)
+    try:
+        v[...] = value
+        python = None
+    except st.VariableWriteError as e:
+        python = e
+    if python is None:
+        w[...] = source(value)
+        np.testing.assert_array_equal(w[...], v[...])
+        assert int(w[0]) == value  # never wrapped
+    else:
+        with pytest.raises(st.VariableWriteError, match="out of the range"):
+            w[...] = source(value)
+        np.testing.assert_array_equal(w[...], np.zeros(2, target))
+
+
+def test_numpy_float_scalars_take_the_variables_dtype_and_are_refused_by_ints() -> None:
+    v = st.Variable(jnp.zeros(2, jnp.bfloat16), mutable=True)
+    v[...] = np.float64(0.5)
+    assert v.dtype == jnp.bfloat16 and float(v[0]) == 0.5
+    n = st.Variable(jnp.zeros(2, jnp.int32), mutable=True)
+    with pytest.raises(st.VariableWriteError, match="float -> int32"):
+        n[...] = np.float32(1.5)
+
+
+# ----------------------------------------------------------------- 14.8 what no array is
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [("abc", r"the str 'abc'"), (None, "write None"), ({"a": 1}, "the dict")],
+)
+def test_writing_what_is_no_array_names_the_variable(value: object, match: str) -> None:
+    v = st.BatchStat(jnp.zeros(2), mutable=True)
+    with pytest.raises(st.VariableWriteError, match=match + r".*BatchStat float32\[2\]"):
+        v[...] = value
+    np.testing.assert_array_equal(v[...], np.zeros(2, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ({"a": jnp.ones(2)}, r"Param\(value\): value is a dict"),
+        ((jnp.ones(2), jnp.ones(2)), r"a tuple holding arrays.*jnp\.stack"),
+        ([np.ones(2)], r"a list holding arrays"),
+        ("abc", "value is a str"),
+        (None, "value is None"),
+    ],
+)
+def test_a_variable_holds_one_array(value: object, match: str) -> None:
+    with pytest.raises(st.VariableWriteError, match=match):
+        st.Param(value)
+
+
+def test_nested_lists_of_numbers_still_make_one_array() -> None:
+    assert st.Variable([[1, 2], [3, 4]]).shape == (2, 2)
+    assert st.Variable((1.0, 2.0)).dtype == jnp.float32
+
+
+def test_mutable_must_be_a_bool() -> None:
+    from typeguard import suppress_type_checks
+
+    # typeguard would refuse it first in the test run: this checks statetree's own check.
+    with (
+        suppress_type_checks(),
+        pytest.raises(TypeError, match=r"mutable='false'\): mutable must be True"),
+    ):
+        st.Variable(jnp.zeros(2), mutable="false")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- one write path
+
+
+def test_update_exact_false_follows_numpy_assignment() -> None:
+    model = st.mutable({"n": jnp.zeros(3, jnp.int8), "w": jnp.zeros(3)})
+    st.update(model, st.State({("n",): np.int64(5), ("w",): 2}), exact=False)
+    np.testing.assert_array_equal(model["n"][...], [5, 5, 5])
+    with pytest.raises(st.VariableWriteError, match=r"(?s)nothing was written.*\['n'\].*300"):
+        st.update(model, st.State({("n",): 300, ("w",): 1.0}), exact=False)
+    np.testing.assert_array_equal(model["w"][...], [2, 2, 2])
+    with pytest.raises(st.StructureError, match=r"\['n'\]: expected int8\[3\], got int32\[3\]"):
+        st.update(model, st.State({("n",): jnp.ones(3, jnp.int32)}))
+
+
+def test_every_writer_goes_through_the_plan(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import equinox as eqx
+    from statetree.adapters import dicts
+    from statetree.adapters import equinox as steqx
+
+    calls: list[str] = []
+    prepare = _plan.prepare
+
+    def counting(target, new, idx, exact):
+        calls.append("exact" if exact else "numpy")
+        return prepare(target, new, idx, exact)
+
+    monkeypatch.setattr(_plan, "prepare", counting)
+
+    def seen(action) -> list[str]:
+        calls.clear()
+        action()
+        return sorted(set(calls))
+
+    model = st.mutable({"w": st.Param(jnp.ones(2))})
+    opt = st.Optimizer(model, optax.sgd(0.1))
+    assert seen(lambda: model["w"].__setitem__(..., 2.0)) == ["numpy"]
+    assert seen(lambda: st.update(model, st.state(st.freeze(model)))) == ["exact"]
+    assert seen(lambda: opt.update(model, {"w": jnp.ones(2)})) == ["numpy"]
+    st.save(tmp_path / "ckpt", model)
+    assert seen(lambda: st.restore(tmp_path / "ckpt", model)) == ["exact"]
+    state = st.state(model)
+    assert seen(lambda: st.restore(tmp_path / "ckpt", state)) == ["exact"]
+
+    bn, eqx_state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="ema")
+    eqx_state = steqx.mutable(eqx_state)
+    assert seen(lambda: eqx_state.set(bn.ema_state_index, (jnp.ones(3), jnp.ones(3)))) == ["numpy"]
+
+    def apply(variables, x, mutable):
+        return x, {"batch_stats": {"n": variables["batch_stats"]["n"] + 1}}
+
+    collections = dicts.from_collections(
+        {"params": {"w": jnp.ones(())}, "batch_stats": {"n": jnp.zeros(())}}
+    )
+    bound = dicts.bind(apply, collections)
+    assert seen(lambda: bound(1.0)) == ["exact"]
