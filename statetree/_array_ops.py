@@ -3,83 +3,36 @@
 A Variable stands in for its array in user code (``x @ self.kernel + self.bias``), so
 every operator reads the current value and applies the array's own operator. Reads go
 through ``self.value``; nothing here writes.
+
+The operators are spelled out in the class body so that type checkers see them (``w *
+2.0`` is an ``Array``). For type checkers only, the mixin also derives from
+``jax.Array``: JAX's functions take ``jax.typing.ArrayLike``, a closed union with no
+protocol for ``__jax_array__`` objects, so this is the one way ``jnp.sum(w)`` checks.
+It describes what runs: JAX converts a Variable through ``__jax_array__``, and every
+array method and property is forwarded to the current value (``__getattr__``). At run
+time a Variable is *not* a ``jax.Array`` instance (``isinstance`` says so, and
+statetree relies on it); only the static view differs.
 """
 
-import operator
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
+import jax
 import numpy as np
 
 __all__ = ["ArrayBehaviour"]
+
+if TYPE_CHECKING:
+    _StaticBase = jax.Array
+else:
+    _StaticBase = object
 
 
 def _unwrap(x: Any) -> Any:
     return x.value if isinstance(x, ArrayBehaviour) else x
 
 
-def _binary(op: Callable[[Any, Any], Any], name: str) -> Callable[[Any, Any], Any]:
-    def method(self: "ArrayBehaviour", other: Any) -> Any:
-        return op(self.value, _unwrap(other))
-
-    method.__name__ = name
-    return method
-
-
-def _reflected(op: Callable[[Any, Any], Any], name: str) -> Callable[[Any, Any], Any]:
-    def method(self: "ArrayBehaviour", other: Any) -> Any:
-        return op(_unwrap(other), self.value)
-
-    method.__name__ = name
-    return method
-
-
-def _unary(op: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
-    def method(self: "ArrayBehaviour") -> Any:
-        return op(self.value)
-
-    method.__name__ = name
-    return method
-
-
-_BINARY = {
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
-    "truediv": operator.truediv,
-    "floordiv": operator.floordiv,
-    "mod": operator.mod,
-    "pow": operator.pow,
-    "matmul": operator.matmul,
-    "and": operator.and_,
-    "or": operator.or_,
-    "xor": operator.xor,
-    "lshift": operator.lshift,
-    "rshift": operator.rshift,
-    "divmod": divmod,
-}
-_COMPARISONS = {
-    "lt": operator.lt,
-    "le": operator.le,
-    "eq": operator.eq,
-    "ne": operator.ne,
-    "gt": operator.gt,
-    "ge": operator.ge,
-}
-_UNARY = {
-    "neg": operator.neg,
-    "pos": operator.pos,
-    "abs": operator.abs,
-    "invert": operator.invert,
-    "bool": bool,
-    "int": int,
-    "float": float,
-    "complex": complex,
-    "index": operator.index,
-}
-
-
-class ArrayBehaviour:
+class ArrayBehaviour(_StaticBase):
     """Mixin: the subclass provides ``value`` (the current array); this gives it the
     array's operators and read-only attributes."""
 
@@ -87,14 +40,150 @@ class ArrayBehaviour:
 
     value: Any
 
-    # Elementwise ``==`` makes Variables unhashable by default; identity is what the
-    # graph code needs, so keep object hashing.
-    __hash__ = object.__hash__
+    # Elementwise ``==`` makes Variables unhashable by default (and jax.Array says so);
+    # identity is what the graph code needs, so keep object hashing.
+    def __hash__(self) -> int:  # pyright: ignore[reportIncompatibleVariableOverride]
+        return object.__hash__(self)
 
-    def __jax_array__(self) -> Any:
+    # ------------------------------------------------------------ arithmetic
+    def __add__(self, other: Any) -> jax.Array:
+        return self.value + _unwrap(other)
+
+    def __radd__(self, other: Any) -> jax.Array:
+        return _unwrap(other) + self.value
+
+    def __sub__(self, other: Any) -> jax.Array:
+        return self.value - _unwrap(other)
+
+    def __rsub__(self, other: Any) -> jax.Array:
+        return _unwrap(other) - self.value
+
+    def __mul__(self, other: Any) -> jax.Array:
+        return self.value * _unwrap(other)
+
+    def __rmul__(self, other: Any) -> jax.Array:
+        return _unwrap(other) * self.value
+
+    def __truediv__(self, other: Any) -> jax.Array:
+        return self.value / _unwrap(other)
+
+    def __rtruediv__(self, other: Any) -> jax.Array:
+        return _unwrap(other) / self.value
+
+    def __floordiv__(self, other: Any) -> jax.Array:
+        return self.value // _unwrap(other)
+
+    def __rfloordiv__(self, other: Any) -> jax.Array:
+        return _unwrap(other) // self.value
+
+    def __mod__(self, other: Any) -> jax.Array:
+        return self.value % _unwrap(other)
+
+    def __rmod__(self, other: Any) -> jax.Array:
+        return _unwrap(other) % self.value
+
+    def __pow__(self, other: Any) -> jax.Array:
+        return self.value ** _unwrap(other)
+
+    def __rpow__(self, other: Any) -> jax.Array:
+        return _unwrap(other) ** self.value
+
+    def __matmul__(self, other: Any) -> jax.Array:
+        return self.value @ _unwrap(other)
+
+    def __rmatmul__(self, other: Any) -> jax.Array:
+        return _unwrap(other) @ self.value
+
+    def __and__(self, other: Any) -> jax.Array:
+        return self.value & _unwrap(other)
+
+    def __rand__(self, other: Any) -> jax.Array:
+        return _unwrap(other) & self.value
+
+    def __or__(self, other: Any) -> jax.Array:
+        return self.value | _unwrap(other)
+
+    def __ror__(self, other: Any) -> jax.Array:
+        return _unwrap(other) | self.value
+
+    def __xor__(self, other: Any) -> jax.Array:
+        return self.value ^ _unwrap(other)
+
+    def __rxor__(self, other: Any) -> jax.Array:
+        return _unwrap(other) ^ self.value
+
+    def __lshift__(self, other: Any) -> jax.Array:
+        return self.value << _unwrap(other)
+
+    def __rlshift__(self, other: Any) -> jax.Array:
+        return _unwrap(other) << self.value
+
+    def __rshift__(self, other: Any) -> jax.Array:
+        return self.value >> _unwrap(other)
+
+    def __rrshift__(self, other: Any) -> jax.Array:
+        return _unwrap(other) >> self.value
+
+    def __divmod__(self, other: Any) -> tuple[jax.Array, jax.Array]:
+        return divmod(self.value, _unwrap(other))
+
+    def __rdivmod__(self, other: Any) -> Any:  # a pair of arrays (JAX's stub says Array)
+        return divmod(_unwrap(other), self.value)
+
+    # ------------------------------------------------------------ comparisons
+    def __lt__(self, other: Any) -> jax.Array:
+        return self.value < _unwrap(other)
+
+    def __le__(self, other: Any) -> jax.Array:
+        return self.value <= _unwrap(other)
+
+    def __eq__(self, other: Any) -> Any:  # elementwise, as arrays compare
+        return self.value == _unwrap(other)
+
+    def __ne__(self, other: Any) -> Any:
+        return self.value != _unwrap(other)
+
+    def __gt__(self, other: Any) -> jax.Array:
+        return self.value > _unwrap(other)
+
+    def __ge__(self, other: Any) -> jax.Array:
+        return self.value >= _unwrap(other)
+
+    # ------------------------------------------------------------ unary and conversions
+    def __neg__(self) -> jax.Array:
+        return -self.value
+
+    def __pos__(self) -> jax.Array:
+        return +self.value
+
+    def __abs__(self) -> jax.Array:
+        return abs(self.value)
+
+    def __invert__(self) -> jax.Array:
+        return ~self.value
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __complex__(self) -> complex:
+        return complex(self.value)
+
+    def __index__(self) -> int:
+        return self.value.__index__()
+
+    # ------------------------------------------------------------ protocols
+    def __jax_array__(self) -> jax.Array:
         return self.value
 
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+    def __array__(
+        self, dtype: Any = None, context: Any = None, copy: bool | None = None
+    ) -> np.ndarray:
         out = np.asarray(self.value, dtype=dtype)
         return out.copy() if copy else out
 
@@ -123,13 +212,3 @@ class ArrayBehaviour:
                 f"{type(self).__name__!r} object has no attribute {name!r}, and neither "
                 f"has its array value."
             ) from None
-
-
-for _name, _op in _BINARY.items():
-    setattr(ArrayBehaviour, f"__{_name}__", _binary(_op, f"__{_name}__"))
-    setattr(ArrayBehaviour, f"__r{_name}__", _reflected(_op, f"__r{_name}__"))
-for _name, _op in _COMPARISONS.items():
-    setattr(ArrayBehaviour, f"__{_name}__", _binary(_op, f"__{_name}__"))
-for _name, _op in _UNARY.items():
-    setattr(ArrayBehaviour, f"__{_name}__", _unary(_op, f"__{_name}__"))
-del _name, _op

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax.core import Tracer
 from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _graph, _nodes, _storage
@@ -351,7 +352,7 @@ def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
         arrays[i] = array
         differentiable[i] = not isinstance(value, Variable) or type(value).differentiable
         # Traced values (possibly differentiated) keep the kinds apart; see _buffer_kind.
-        apart = differentiable[i] if isinstance(array, jax.core.Tracer) else None
+        apart = differentiable[i] if isinstance(array, Tracer) else None
         groups.setdefault((*_group_of(array, i), apart), []).append(i)
     out = list(values)
     for (how, key, sharding, _), members in groups.items():

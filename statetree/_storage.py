@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+from jax.core import Tracer
 
 __all__ = [
     "is_storage",
@@ -60,7 +61,7 @@ def is_storage(raw: Any) -> bool:
 def is_traced(raw: Any) -> bool:
     """True when ``raw`` has no concrete value here (a tracer inside a transform, or a
     registered storage that says so through an ``is_traced`` property)."""
-    if isinstance(raw, jax.core.Tracer):
+    if isinstance(raw, Tracer):
         return True
     return bool(getattr(raw, "is_traced", False))
 
@@ -116,7 +117,7 @@ def _explicit_sharding(array: Any) -> Any:
         return None
     # A concrete array's own sharding names real devices; a tracer's names the abstract
     # mesh, which is all `jax.jit` needs.
-    return sharding if isinstance(array, jax.core.Tracer) else array.sharding
+    return sharding if isinstance(array, Tracer) else array.sharding
 
 
 # The Ref kind of state that is not differentiated: JAX neither differentiates through

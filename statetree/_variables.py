@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax.core import Tracer
 
 from . import _plan, _storage, _writes
 from ._array_ops import ArrayBehaviour
@@ -167,7 +168,7 @@ class Variable(ArrayBehaviour):
         transform, the traced value's abstract sharding, as ``jax.typeof(x).sharding``
         gives (tracers themselves have none)."""
         raw = self._raw
-        if isinstance(raw, jax.core.Tracer):
+        if isinstance(raw, Tracer):
             return jax.typeof(raw).sharding
         return raw.sharding
 

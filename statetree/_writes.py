@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 from . import _storage
 from ._errors import UnreadableValueError, VariableIndexError, VariableWriteError
@@ -104,6 +105,8 @@ def check_index(
     float) raises :class:`VariableIndexError`: JAX would clip a read and drop a write.
     Slices clip, as in NumPy.
     """
+    if type(idx) is int and shape and -shape[0] <= idx < shape[0]:
+        return shape[1:]  # the common case, without NumPy
     try:
         # A zero-strided NumPy view: basic and NumPy-array indexing cost nothing.
         return np.broadcast_to(np.bool_(False), shape)[idx].shape
@@ -146,7 +149,7 @@ def unreadable(x: Any) -> str | None:
     """Why the array (or storage) ``x`` cannot be read, as a clause whose subject is
     ``x`` ("was deleted ..."), or None when it can: a deleted (donated) array, or a
     tracer that escaped the transform that made it."""
-    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+    if isinstance(x, jax.Array) and not isinstance(x, Tracer):
         if x.is_deleted():
             return (
                 "was deleted (donated to a jax.jit call with donate_argnums, or "
@@ -154,7 +157,7 @@ def unreadable(x: Any) -> str | None:
                 "returned, or keep a copy (jnp.array(x)) before donating"
             )
         return None
-    if isinstance(x, jax.core.Tracer):
+    if isinstance(x, Tracer):
         trace = getattr(x, "_trace", None)
         if _top_level() or (trace is not None and not trace.is_valid()):
             return (
