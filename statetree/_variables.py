@@ -43,14 +43,18 @@ class Variable(ArrayBehaviour):
 
     Reads: ``v[...]``, ``v[idx]``, ``v.value``. Writes: ``v[...] = x``, ``v[idx] = x``,
     ``v.value = x``, with NumPy assignment rules: the value broadcasts to the indexed
-    shape, Python scalars take the Variable's dtype, and a dtype that ``same_kind``
-    casting rejects is an error. A Variable also behaves like its array: operators,
+    shape, Python and NumPy scalars take the Variable's dtype (in range), a dtype that
+    ``same_kind`` casting rejects is an error, and so is a static index out of range.
+    Every write is checked before anything is written (statetree's one write path, the
+    same as ``st.update``'s). A Variable also behaves like its array: operators,
     ``jnp`` functions, ``np.asarray``, ``.shape``, ``.dtype``, ``len``, iteration.
 
     Subclasses are *kinds* (``Param``, ``BatchStat``, ...) that filters select on. A kind
     whose class attribute ``differentiable`` is False has writes wrapped in
     ``jax.lax.stop_gradient``, so running statistics can be updated inside a loss under
-    ``jax.grad``.
+    ``jax.grad``, and keeps its value in a Ref of JAX's ``no_grad_no_remat`` kind, so a
+    write inside ``jax.checkpoint`` (remat) happens once, not again when the forward
+    pass is recomputed.
 
     Args:
       value: the initial array (anything ``jnp.asarray`` takes). A ``jax.Ref`` is
@@ -61,10 +65,16 @@ class Variable(ArrayBehaviour):
 
     Raises:
       RefValueError: ``value`` is a ``jax.Ref``.
+      VariableWriteError: ``value`` is no single array (a dict, a tuple of arrays, a
+        string, None); on a write, when the value is no array, its shape does not
+        broadcast to the indexed shape, its dtype cannot be cast (``same_kind``), or a
+        Python or NumPy integer scalar is out of the dtype's range.
+      UnreadableValueError: ``value`` (or a written value) is a deleted or donated
+        array, or a tracer that escaped its transform.
+      TypeError: ``mutable`` is not a bool or None.
       FrozenVariableError: on a write, when the Variable is frozen.
-      VariableWriteError: on a write, when the value's shape does not broadcast to the
-        indexed shape, its dtype cannot be cast (``same_kind``), or a Python int is out
-        of the dtype's range.
+      VariableIndexError: on a read or a write, a static index out of range (NumPy
+        refuses it; JAX would clip a read and drop a write).
 
     Examples:
       A mutable Variable is updated in place by a jitted function that returns nothing:
