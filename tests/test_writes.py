@@ -241,7 +241,7 @@ def test_static_out_of_range_write_is_refused_eagerly_and_in_jit() -> None:
     np.testing.assert_array_equal(v[...], np.zeros(3, np.float32))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     shape=hs.lists(hs.integers(1, 4), min_size=1, max_size=2).map(tuple),
     index=hs.integers(-6, 6),
@@ -264,7 +264,7 @@ def test_integer_indices_follow_numpy(shape: tuple, index: int) -> None:
     np.testing.assert_array_equal(v[...], data)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     n=hs.integers(0, 5),
     start=hs.none() | hs.integers(-8, 8),
@@ -301,7 +301,7 @@ def test_static_index_arrays_are_range_checked_and_traced_ones_are_left_to_jax()
 _INTS = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32]
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     target=hs.sampled_from(_INTS),
     source=hs.sampled_from([*_INTS, np.int64, np.uint64]),
