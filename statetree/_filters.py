@@ -13,12 +13,22 @@ sequence indices, e.g. ``("layers", 0, "kernel")``.
 """
 
 import typing as t
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-__all__ = ["Filter", "PathContains", "Any", "All", "Not", "to_predicate", "filter_repr"]
+from ._errors import StructureError, format_paths
+
+__all__ = [
+    "PathContains",
+    "Any",
+    "All",
+    "Not",
+    "to_predicate",
+    "needs_path",
+    "filter_repr",
+    "bucket",
+]
 
 Predicate = Callable[[tuple[t.Any, ...], t.Any], bool]
-Filter = t.Any  # a class, ..., PathContains, Any/All/Not, or a predicate (see above)
 
 
 class _Combinator:
@@ -140,11 +150,10 @@ class Not(_Combinator):
     __slots__ = ()
 
     def __init__(self, filter: object) -> None:
-        to_predicate(filter)
-        self.filters = (filter,)
+        super().__init__(filter)
 
     def __call__(self, path: tuple[object, ...], value: object) -> bool:
-        return not to_predicate(self.filters[0])(path, value)
+        return not self._predicates[0](path, value)
 
 
 def _everything(path: tuple[object, ...], value: object) -> bool:
@@ -181,3 +190,47 @@ def filter_repr(f: object) -> str:
     if isinstance(f, type):
         return f.__name__
     return getattr(f, "__name__", None) or repr(f)
+
+
+def bucket(
+    paths: Callable[[], Sequence[tuple[t.Any, ...]]],
+    values: Sequence[t.Any],
+    filters: Sequence[t.Any],
+    *,
+    require_all: bool,
+) -> tuple[list[list[int]], list[int]]:
+    """Positions of ``values`` claimed by each filter (first match wins), and the rest.
+
+    ``paths`` is called only if some filter looks at paths.
+    """
+    predicates = [to_predicate(f) for f in filters]
+    buckets: list[list[int]] = [[] for _ in filters]
+    unclaimed: list[int] = []
+    if not any(map(needs_path, filters)):
+        # Kinds and `...` only: decide once per type, not once per value.
+        decided: dict[type, int] = {}
+        for i, value in enumerate(values):
+            kind = type(value)
+            b = decided.get(kind)
+            if b is None:
+                b = decided[kind] = next((j for j, p in enumerate(predicates) if p((), value)), -1)
+            (buckets[b] if b >= 0 else unclaimed).append(i)
+    else:
+        all_paths = paths()
+        for i, value in enumerate(values):
+            path = all_paths[i]
+            for j, p in enumerate(predicates):
+                if p(path, value):
+                    buckets[j].append(i)
+                    break
+            else:
+                unclaimed.append(i)
+    if require_all and unclaimed:
+        shown = paths()
+        raise StructureError(
+            f"No filter claims {len(unclaimed)} value(s); every Variable must go into some "
+            f"State. Filters were ({', '.join(map(filter_repr, filters))}). Unclaimed:\n"
+            + format_paths([shown[i] for i in unclaimed])
+            + "\nAdd a catch-all filter last: st.split(tree, ..., ...)."
+        )
+    return buckets, unclaimed

@@ -6,63 +6,19 @@ tree holds the very Variables the States hold. Shared Variables and Refs are sto
 and come back as one object, so a write through one path is seen through the other.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from . import _graph, _plan
 from ._errors import StructureError, format_path, format_paths
-from ._filters import filter_repr, needs_path, to_predicate
+from ._filters import bucket
 from ._graphdef import GraphDef, Path
 from ._state import State, _StateKeys
 from ._variables import Variable
 
-__all__ = ["split", "merge", "state", "update", "bucket"]
+__all__ = ["split", "merge", "state", "update"]
 
 _MISSING = object()
-
-
-def bucket(
-    paths: Callable[[], Sequence[Path]],
-    values: Sequence[Any],
-    filters: Sequence[Any],
-    *,
-    require_all: bool,
-) -> tuple[list[list[int]], list[int]]:
-    """Positions of ``values`` claimed by each filter (first match wins), and the rest.
-
-    ``paths`` is called only if some filter looks at paths.
-    """
-    predicates = [to_predicate(f) for f in filters]
-    buckets: list[list[int]] = [[] for _ in filters]
-    unclaimed: list[int] = []
-    if not any(map(needs_path, filters)):
-        # Kinds and `...` only: decide once per type, not once per value.
-        decided: dict[type, int] = {}
-        for i, value in enumerate(values):
-            t = type(value)
-            b = decided.get(t)
-            if b is None:
-                b = decided[t] = next((j for j, p in enumerate(predicates) if p((), value)), -1)
-            (buckets[b] if b >= 0 else unclaimed).append(i)
-    else:
-        all_paths = paths()
-        for i, value in enumerate(values):
-            path = all_paths[i]
-            for j, p in enumerate(predicates):
-                if p(path, value):
-                    buckets[j].append(i)
-                    break
-            else:
-                unclaimed.append(i)
-    if require_all and unclaimed:
-        shown = paths()
-        raise StructureError(
-            f"No filter claims {len(unclaimed)} value(s); every Variable must go into some "
-            f"State. Filters were ({', '.join(map(filter_repr, filters))}). Unclaimed:\n"
-            + format_paths([shown[i] for i in unclaimed])
-            + "\nAdd a catch-all filter last: st.split(tree, ..., ...)."
-        )
-    return buckets, unclaimed
 
 
 def split(tree: Any, *filters: Any) -> tuple[Any, ...]:

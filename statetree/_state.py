@@ -15,6 +15,7 @@ from typing import Any
 import jax.tree_util as jtu
 
 from ._errors import format_path
+from ._filters import bucket
 from ._graphdef import GraphDef, Path, PathKey
 
 __all__ = ["State"]
@@ -189,8 +190,6 @@ class State:
     def filter(self, *filters: Any) -> "State | tuple[State, ...]":
         """Select values with ``st.split``'s filters; one State per filter. Values no
         filter claims are left out (unlike ``split``, which requires all claimed)."""
-        from ._split import bucket
-
         buckets, _ = bucket(self.paths, self._values, filters, require_all=False)
         states = tuple(self._subset(b) for b in buckets)
         return states[0] if len(states) == 1 else states
