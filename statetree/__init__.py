@@ -21,8 +21,8 @@ from ._filters import All as All
 from ._filters import Any as Any
 from ._filters import Not as Not
 from ._filters import PathContains as PathContains
-from ._graphdef import GraphDef as GraphDef
-from ._nodes import register_node as register_node
+from ._graph import GraphDef as GraphDef
+from ._graph import register_node as register_node
 from ._optimizer import Optimizer as Optimizer
 from ._packed import Packed as Packed
 from ._split import merge as merge

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import _graph
 from ._errors import AliasError, format_path
-from ._graphdef import Path
+from ._graph import Path
 
 __all__ = ["find_aliases", "check_aliases"]
 

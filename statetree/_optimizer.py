@@ -32,7 +32,7 @@ from . import _graph, _packed, _storage
 from ._convert import mutable
 from ._errors import FrozenVariableError, StructureError, format_path, format_paths
 from ._filters import PathContains, filter_repr, to_predicate
-from ._graphdef import Path, PathKey
+from ._graph import Path, PathKey
 from ._plan import WritePlan
 from ._split import state as _state
 from ._state import State

@@ -26,14 +26,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import numpy as np
 from jax.core import Tracer
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _graph, _nodes, _storage
+from . import _graph, _storage
 from ._errors import RefValueError, StructureError
-from ._graphdef import GraphDef
+from ._graph import GraphDef
 from ._variables import _AD_TRACERS, Variable
 from ._views import View, Where
 
@@ -154,7 +153,6 @@ def _fixed_structure(change: str, write: str) -> StructureError:
 
 # -------------------------------------------------------------------- JAX pytree
 def _flatten(p: Packed) -> tuple[list[Any], _Layout]:
-    next(_nodes.VISITS)  # a statetree node: see _nodes.VISITS
     return p._leaves, p._layout
 
 
@@ -184,9 +182,6 @@ def _unflatten(layout: _Layout, leaves: Sequence[Any]) -> Packed:
     return Packed._make(tree, buffers, layout, loose)
 
 
-jtu.register_pytree_node(Packed, _flatten, _unflatten)
-
-
 # -------------------------------------------------------------------- statetree node
 def _children(p: Packed) -> tuple[Any, tuple[type]]:
     return p._tree, (Packed,)
@@ -197,9 +192,12 @@ def _rebuild(aux: tuple[type], tree: Any) -> Any:
 
 
 def _enable() -> None:
-    # Registered when the first Packed is made: statetree's traversal then checks for
-    # nodes at every level, a cost only trees that use packing (or register_node) pay.
-    _nodes.register_internal_node(Packed, _children, _rebuild)
+    # Registered (with JAX and the traversal) before the first Packed is made: the
+    # traversal then looks for nodes, a cost only programs that pack (or register_node)
+    # pay.
+    _graph.register_internal_node(
+        Packed, children=_children, rebuild=_rebuild, flatten=_flatten, unflatten=_unflatten
+    )
 
 
 def from_tree(tree: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 from . import _graph, _plan
 from ._errors import StructureError, format_path, format_paths
 from ._filters import bucket
-from ._graphdef import GraphDef, Path
+from ._graph import GraphDef, Path
 from ._state import State, _StateKeys
 from ._variables import Variable
 

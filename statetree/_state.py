@@ -16,7 +16,7 @@ import jax.tree_util as jtu
 
 from ._errors import format_path
 from ._filters import bucket
-from ._graphdef import GraphDef, Path, PathKey
+from ._graph import GraphDef, Path, PathKey
 
 __all__ = ["State"]
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 import statetree as st
-from statetree import _graph
+from statetree._graph import _flatten as _graph
 
 
 def test_same_structure_different_sharing_is_never_confused() -> None:

@@ -11,34 +11,27 @@ shared one.
 
 The work is one C++ ``jax.tree_util.tree_flatten`` per part (the root, and each distinct
 registered node), stopping at Variables and nodes; the Python that follows is a pass over
-the leaves. Paths are computed only when asked for.
+the leaves. Paths are computed only when asked for. README.md beside this file has the
+model (values, slots, parts, extras, repeats) and which path serves which tree.
 """
 
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.tree_util as jtu
 import numpy as np
 
-from . import _nodes, _storage
-from ._errors import StructureError
-from ._graphdef import GraphDef, Path, _Node, _Part
-from ._variables import Variable
+from .. import _storage
+from .._errors import StructureError
+from .._variables import Variable
+from . import _nodes
+from ._graphdef import GraphDef, _Node, _Part
 
-__all__ = ["GraphDef", "flatten", "unflatten", "Path"]
+__all__ = ["flatten", "unflatten"]
 
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
-_is_variable = Variable.__instancecheck__  # a C-level bound method: cheap as `is_leaf`
-
-
-def _is_graph_leaf(x: Any) -> bool:
-    return isinstance(x, (Variable, _nodes.NODE_TYPES))
-
-
-def _is_leaf_fn() -> Any:
-    return _is_graph_leaf if _nodes.NODE_TYPES else _is_variable
-
+_is_variable = Variable.__instancecheck__  # a C-level bound method: cheap in C loops
 
 # A non-array leaf (an int, a string, a function) kept in the structure.
 _Static = _nodes.Static
@@ -99,8 +92,10 @@ class _Pattern(NamedTuple):
 # treedef -> its last pattern. Splitting the same model again (every training step) then
 # costs one C++ flatten and a few C-level checks, and returns the same GraphDef object,
 # whose hash and paths are already computed. Holds no arrays or Variables.
+# Threads read it without a lock (one dict lookup); writes (insert, evict) hold the lock.
 _PATTERNS: dict[Any, _Pattern] = {}
 _PATTERNS_MAX = 64
+_PATTERNS_LOCK = threading.Lock()
 
 
 def _identity_hashed(types: set[type]) -> bool:
@@ -131,14 +126,27 @@ def _record(
     unique, slots, first = _dedup(leaves, 0)
     repeats = () if first is None else tuple((i, f) for i, f in enumerate(first) if f != i)
     graphdef = GraphDef((_Part(treedef, slots, (), None, repeats),), tuple(map(type, unique)))
-    if len(_PATTERNS) >= _PATTERNS_MAX:
-        _PATTERNS.pop(next(iter(_PATTERNS)))
-    _PATTERNS[treedef] = _Pattern(types, len(unique), repeats, graphdef)
+    with _PATTERNS_LOCK:
+        while len(_PATTERNS) >= _PATTERNS_MAX:
+            del _PATTERNS[next(iter(_PATTERNS))]  # the oldest
+        _PATTERNS[treedef] = _Pattern(types, len(unique), repeats, graphdef)
     return graphdef, unique
 
 
 class _Flattener:
-    __slots__ = ("ids", "in_progress", "is_leaf", "kinds", "node_ids", "parts", "values")
+    """The general flatten: one instance per :func:`flatten` call that the fast paths do
+    not serve (a tree with arrays, Refs, non-array leaves or registered nodes).
+
+    It builds the value list and the parts of a GraphDef (see README.md). ``part`` turns
+    one JAX flatten into a :class:`_Part`: each leaf becomes a slot, either a value index
+    (a Variable or Ref met before reuses its index, looked up by ``id``; an array always
+    gets a new one) or an extra (a static leaf, or a node). A node is expanded by
+    ``node``, once per object: its children become a part of their own, and every later
+    position of the same object refers to that part. ``in_progress`` holds the nodes
+    being expanded, so a node inside itself is refused instead of recursing forever.
+    """
+
+    __slots__ = ("ids", "in_progress", "kinds", "node_ids", "parts", "values")
 
     def __init__(self) -> None:
         self.values: list[Any] = []
@@ -147,12 +155,13 @@ class _Flattener:
         self.node_ids: dict[int, int] = {}  # id(node) -> part index
         self.in_progress: set[int] = set()
         self.parts: list[_Part | None] = []
-        self.is_leaf = _is_leaf_fn()
 
     def part(self, tree: Any, node_aux: Any, flat: tuple[list[Any], Any] | None = None) -> int:
+        """Add the part for ``tree`` (``flat``: its leaves and treedef, when known);
+        return its index."""
         index = len(self.parts)
         self.parts.append(None)
-        leaves, treedef = flat or jtu.tree_flatten(tree, is_leaf=self.is_leaf)
+        leaves, treedef = flat or _nodes.flatten_to_nodes(tree, nodes_expected=True)
         if all(map(_is_variable, leaves)):
             slots = self._variables(leaves)
             extras: tuple[Any, ...] = ()
@@ -202,7 +211,7 @@ class _Flattener:
                 slots.append(len(self.values))
                 self.values.append(leaf)
                 self.kinds.append(None)
-            elif isinstance(leaf, _nodes.NODE_TYPES):
+            elif _nodes.is_node(leaf):
                 slots.append(-1 - len(extras))
                 extras.append(_Node(self.node(leaf)))
             else:
@@ -211,6 +220,7 @@ class _Flattener:
         return tuple(slots), tuple(extras)
 
     def node(self, obj: Any) -> int:
+        """The index of the part holding ``obj``'s children, made on first meeting."""
         key = id(obj)
         known = self.node_ids.get(key)
         if known is not None:
@@ -231,19 +241,7 @@ class _Flattener:
 
 def flatten(tree: Any) -> tuple[GraphDef, list[Any]]:
     """``tree`` -> ``(graphdef, values)``; each shared Variable/Ref/node appears once."""
-    if not _nodes.NODE_TYPES:
-        leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
-    else:
-        mark = next(_nodes.VISITS)
-        _nodes.WATCH.seen = set()
-        try:
-            leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
-        finally:
-            _nodes.WATCH.seen = None
-        if next(_nodes.VISITS) != mark + 1:
-            # JAX flattened a registered node: flatten again, stopping at nodes to keep
-            # their identity (see `_nodes.VISITS`).
-            leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+    leaves, treedef = _nodes.flatten_to_nodes(tree)
     types = tuple(map(type, leaves))
     reused = _reuse(leaves, treedef, types)
     if reused is not None:

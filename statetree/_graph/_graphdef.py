@@ -56,7 +56,7 @@ class PathKey:
         return hash((PathKey, self.path))
 
     def __str__(self) -> str:  # what jax.tree_util.keystr shows
-        from ._errors import format_path
+        from .._errors import format_path
 
         return format_path(self.path)
 
@@ -173,7 +173,7 @@ class GraphDef:
         return self._path_index
 
     def __repr__(self) -> str:
-        from ._display import graphdef_repr
+        from .._display import graphdef_repr
 
         return graphdef_repr(self)
 

@@ -14,31 +14,46 @@ too, each held in the structure by a childless :class:`Hole` at its position.
 Subclasses of a registered class are registered when defined.
 """
 
-import itertools
 import threading
 import types
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from ._variables import Variable
+from .._variables import Variable
 
 __all__ = [
     "register_node",
+    "register_internal_node",
+    "flatten_to_nodes",
+    "is_node",
     "node_children",
     "node_rebuild",
-    "register_internal_node",
-    "NODE_TYPES",
     "Static",
     "Hole",
 ]
 
 T = TypeVar("T", bound=type)
 
-# Registered classes. `_graph` reads this tuple to stop its flatten at nodes.
-NODE_TYPES: tuple[type, ...] = ()
+
+class _NodeClass(NamedTuple):
+    """How statetree's traversal takes one registered class apart and back together:
+    ``children(obj) -> (data, aux)`` with ``aux[0]`` the class, ``rebuild(aux, data)``."""
+
+    children: Callable[[Any], tuple[Any, tuple[Any, ...]]]
+    rebuild: Callable[[tuple[Any, ...], Any], Any]
+
+
+# The one registry: every node class (users' through `register_node`, statetree's own
+# `Packed` through `register_internal_node`) -> how to take it apart. `_TYPES` is its
+# keys as a tuple, for `isinstance`. Both are replaced whole under `_LOCK`, never
+# mutated in place, so readers need no lock.
+_CLASSES: dict[type, _NodeClass] = {}
+_TYPES: tuple[type, ...] = ()
+_LOCK = threading.Lock()
 
 # jax.Ref last: its isinstance check runs Python (about 0.7us); the others are C checks.
 _DATA_LEAVES = (Variable, jax.Array, np.ndarray)
@@ -47,16 +62,11 @@ _PLAIN_STATICS = (str, bytes, int, float, complex, type, types.FunctionType)
 
 
 def _is_data(x: Any) -> bool:
-    return isinstance(x, (_DATA_LEAVES, NODE_TYPES, jax.Ref))
-
-
-# statetree's own node classes (packed trees): class -> (children, rebuild), where
-# `children(obj) -> (data, aux)` with `aux[0]` the class, and `rebuild(aux, data) -> obj`.
-_INTERNAL: dict[type, tuple[Any, Any]] = {}
+    return isinstance(x, (_DATA_LEAVES, _TYPES, jax.Ref))
 
 
 def _holds_data(x: Any) -> bool:
-    if isinstance(x, (_DATA_LEAVES, NODE_TYPES, jax.Ref)):
+    if isinstance(x, (_DATA_LEAVES, _TYPES, jax.Ref)):
         return True
     if isinstance(x, (list, tuple)):  # NamedTuples too
         return any(map(_holds_data, x))
@@ -120,7 +130,7 @@ jtu.register_pytree_node(Hole, lambda h: ((), Static(h.value)), lambda s, _: Hol
 
 
 def _is_hole_or_data(x: Any) -> bool:
-    return isinstance(x, (Hole, _DATA_LEAVES, NODE_TYPES, jax.Ref))
+    return isinstance(x, (Hole, _DATA_LEAVES, _TYPES, jax.Ref))
 
 
 def _as_children(x: Any) -> tuple[Any, bool] | None:
@@ -149,11 +159,8 @@ def _fill(x: Any) -> Any:
     return x.value if isinstance(x, Hole) else x
 
 
-def node_children(obj: Any) -> tuple[Any, tuple[Any, ...]]:
-    """Split a registered node into ``(data attributes, aux)``; aux is hashable."""
-    internal = _INTERNAL.get(type(obj))
-    if internal is not None:
-        return internal[0](obj)
+def _attrs_children(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    """A user node's ``(data attributes, aux)``: see the module docstring."""
     attrs = vars(obj)
     data = {}
     holed = []
@@ -169,11 +176,8 @@ def node_children(obj: Any) -> tuple[Any, tuple[Any, ...]]:
     return data, (type(obj), order, static, tuple(holed))
 
 
-def node_rebuild(aux: tuple[Any, ...], data: Any) -> Any:
-    """Inverse of :func:`node_children`: a new instance, no ``__init__`` run."""
-    internal = _INTERNAL.get(aux[0])
-    if internal is not None:
-        return internal[1](aux, data)
+def _attrs_rebuild(aux: tuple[Any, ...], data: Any) -> Any:
+    """Inverse of :func:`_attrs_children`: a new instance, no ``__init__`` run."""
     cls, order, static, holed = aux
     obj = object.__new__(cls)
     values = {k: s.value for k, s in static}
@@ -188,30 +192,77 @@ def node_rebuild(aux: tuple[Any, ...], data: Any) -> Any:
     return obj
 
 
-# Ticks each time JAX flattens a node (a C-level counter: nearly free). statetree's
-# traversal flattens with a C-level `is_leaf` that stops at Variables only, and redoes
-# the flatten stopping at nodes only when the count moved, i.e. the tree has nodes: a
-# registered class elsewhere in the program costs trees without nodes nothing.
-VISITS = itertools.count()
+_ATTRS = _NodeClass(_attrs_children, _attrs_rebuild)
+
+
+def node_children(obj: Any) -> tuple[Any, tuple[Any, ...]]:
+    """Split a registered node into ``(data, aux)``; aux is hashable, ``aux[0]`` its class."""
+    return _CLASSES.get(type(obj), _ATTRS).children(obj)
+
+
+def node_rebuild(aux: tuple[Any, ...], data: Any) -> Any:
+    """Inverse of :func:`node_children`."""
+    return _CLASSES.get(aux[0], _ATTRS).rebuild(aux, data)
+
+
+def is_node(x: Any) -> bool:
+    """Whether statetree's traversal expands ``x`` as a node (a registered class)."""
+    return isinstance(x, _TYPES)
+
+
+# ------------------------------------------------------------- finding the nodes
+_is_variable = Variable.__instancecheck__  # a C-level bound method: cheap as `is_leaf`
+
+
+def _is_graph_leaf(x: Any) -> bool:
+    return isinstance(x, (Variable, _TYPES))
 
 
 class _Watch(threading.local):
-    """While statetree's first, node-blind flatten runs: the nodes it has met."""
+    """While the node-blind first pass of :func:`flatten_to_nodes` runs in this thread:
+    the ids of the nodes JAX has flattened so far (None otherwise)."""
 
     seen: set[int] | None = None
 
 
-WATCH = _Watch()
+_WATCH = _Watch()
 _CUT = (None, ())  # aux data of a node cut short; that flatten's result is discarded
 
 
+def flatten_to_nodes(tree: Any, *, nodes_expected: bool = False) -> tuple[list[Any], Any]:
+    """``tree``'s leaves and treedef, the flatten cut at Variables and at registered
+    nodes: the one question the traversal asks the registry.
+
+    The cut at Variables alone is one C++ flatten with a C-level ``is_leaf``; cutting at
+    nodes too needs a Python ``is_leaf`` (an ``isinstance`` against a tuple that grows
+    with every registered class), several times slower per pytree node. So unless
+    ``nodes_expected``, the first pass cuts at Variables only, while every node's JAX
+    flatten (which this module installs) records the node in this thread's watch; when
+    it recorded any, a second pass cuts at nodes. Trees without nodes pay one pass, and
+    a program that registers classes costs its node-free trees nothing more.
+    """
+    if nodes_expected:
+        return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+    if not _TYPES:
+        return jtu.tree_flatten(tree, is_leaf=_is_variable)
+    watch = _WATCH
+    outer, watch.seen = watch.seen, set()
+    try:
+        leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
+        met = bool(watch.seen)
+    finally:
+        watch.seen = outer
+    if met:
+        return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+    return leaves, treedef
+
+
 def _first_visit(obj: Any) -> bool:
-    """Count a visit; False when the node-blind flatten meets ``obj`` again (a shared
+    """Record a node the first pass meets; False when it meets ``obj`` again (a shared
     node, or a cycle that would otherwise recurse until Python's limit). Cutting the
     node short, rather than raising, matters: JAX's C++ flatten does not unwind
     Python's recursion counter when a flatten function raises."""
-    next(VISITS)
-    seen = WATCH.seen
+    seen = _WATCH.seen
     if seen is None:
         return True
     key = id(obj)
@@ -238,6 +289,13 @@ def _flatten(obj: Any) -> tuple[list[Any], Any]:
 def _unflatten(aux_and_names: Any, children: Any) -> Any:
     aux, names = aux_and_names
     return node_rebuild(aux, dict(zip(names, children, strict=True)))
+
+
+def _add(cls: type, how: _NodeClass) -> None:
+    """Enter ``cls`` in the registry (callers hold ``_LOCK``)."""
+    global _CLASSES, _TYPES
+    _CLASSES = {**_CLASSES, cls: how}
+    _TYPES = (*_TYPES, cls)
 
 
 def register_node(cls: T) -> T:
@@ -288,7 +346,6 @@ def register_node(cls: T) -> T:
       >>> tied["decoder"].kernel[...]
       Array([[1.]], dtype=float32)
     """
-    global NODE_TYPES
     if not isinstance(cls, type):
         raise TypeError(
             f"register_node(cls): cls must be a class, got {cls!r}. Use it as a decorator "
@@ -299,16 +356,17 @@ def register_node(cls: T) -> T:
             f"register_node(cls): {cls.__name__} is a Variable kind; kinds are pytree "
             "nodes already. Register the class that holds Variables instead."
         )
-    if cls in NODE_TYPES:
-        return cls
     if cls.__dictoffset__ == 0:  # instances have no __dict__ (a class always has its own)
         raise TypeError(
             f"register_node(cls): {cls.__name__} uses __slots__ without __dict__; "
             "statetree reads a node's attributes from vars(obj). Drop __slots__ or add "
             "'__dict__' to it."
         )
-    jtu.register_pytree_with_keys(cls, _flatten_with_keys, _unflatten, _flatten)
-    NODE_TYPES = (*NODE_TYPES, cls)
+    with _LOCK:
+        if cls in _CLASSES:
+            return cls
+        jtu.register_pytree_with_keys(cls, _flatten_with_keys, _unflatten, _flatten)
+        _add(cls, _ATTRS)
     _register_subclasses(cls)
     return cls
 
@@ -328,10 +386,27 @@ def _register_subclasses(cls: type) -> None:
     cls.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
 
 
-def register_internal_node(cls: type, children: Any, rebuild: Any) -> None:
-    """Let statetree's traversal expand instances of ``cls`` (one of statetree's own
-    classes, already a JAX pytree) with ``children`` and rebuild them with ``rebuild``."""
-    global NODE_TYPES
-    if cls not in _INTERNAL:
-        _INTERNAL[cls] = (children, rebuild)
-        NODE_TYPES = (*NODE_TYPES, cls)
+def register_internal_node(
+    cls: type,
+    *,
+    children: Callable[[Any], tuple[Any, tuple[Any, ...]]],
+    rebuild: Callable[[tuple[Any, ...], Any], Any],
+    flatten: Callable[[Any], tuple[Any, Any]],
+    unflatten: Callable[[Any, Any], Any],
+) -> None:
+    """Register one of statetree's own classes (``Packed``) with JAX, with its own
+    ``flatten``/``unflatten``, and with the traversal, which takes it apart with
+    ``children(obj) -> (data, aux)`` (``aux[0]`` the class) and ``rebuild(aux, data)``.
+    JAX's flatten of it is watched like a user node's (see :func:`flatten_to_nodes`).
+    Registering again does nothing."""
+
+    def watched(obj: Any) -> tuple[Any, Any]:
+        if not _first_visit(obj):
+            return [], _CUT
+        return flatten(obj)
+
+    with _LOCK:
+        if cls in _CLASSES:
+            return
+        jtu.register_pytree_node(cls, watched, unflatten)
+        _add(cls, _NodeClass(children, rebuild))
