@@ -150,7 +150,6 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
             "checkpoint is complete."
         )
     source = tree if isinstance(tree, State) else _state(tree)
-    assert isinstance(source, State)
     entries, arrays = [], {}
     for i, (p, value) in enumerate(source.items()):
         entry, array = _entry(p, value)
@@ -315,7 +314,6 @@ def restore(path: PathLike, tree: Any) -> None:
     final = pathlib.Path(path).absolute()
     index = _read_index(final)
     live = tree if isinstance(tree, State) else _state(tree)
-    assert isinstance(live, State)
     problems = _problems(index, live, tree)
     if problems:
         raise StructureError(

@@ -137,7 +137,6 @@ class Optimizer:
         tx = _as_transformation(tx)
         to_predicate(wrt)  # a bad filter fails here, naming itself
         params = _state(model, wrt)
-        assert isinstance(params, State)
         if not len(params):
             kinds = sorted({type(v).__name__ for v in _graph.flatten(model)[1]})
             raise StructureError(
@@ -219,7 +218,6 @@ class Optimizer:
     def _targets(self, model: Any) -> dict[Path, Any]:
         """The model's ``wrt`` Variables by path, checked against this optimizer."""
         params = _state(model, self.wrt)
-        assert isinstance(params, State)
         found = dict(params.items())
         expected = set(self.paths)
         missing = [p for p in self.paths if p not in found]
@@ -256,7 +254,6 @@ class Optimizer:
             items = grads.items()
         else:
             everything = _state(grads)
-            assert isinstance(everything, State)
             items = everything.items()
         select = to_predicate(self.wrt)
         found = {p: g for p, g in items if not isinstance(g, Variable) or select(p, g)}
@@ -299,7 +296,6 @@ class Optimizer:
         update; writing it has no lasting effect.
         """
         found = _state(self.opt_state, PathContains("hyperparams"))
-        assert isinstance(found, State)
         by_name: dict[str, list[tuple[Path, Any]]] = {}
         for path, var in found.items():
             if path[-2:-1] == ("hyperparams",):

@@ -7,7 +7,7 @@ and come back as one object, so a write through one path is seen through the oth
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 from . import _graph, _plan
 from ._errors import StructureError, format_path, format_paths
@@ -73,6 +73,12 @@ def split(tree: Any, *filters: Any) -> tuple[Any, ...]:
     return (graphdef, *states)
 
 
+@overload
+def state(tree: Any, /) -> State: ...
+@overload
+def state(tree: Any, filter: Any, /) -> State: ...
+@overload
+def state(tree: Any, first: Any, second: Any, /, *filters: Any) -> tuple[State, ...]: ...
 def state(tree: Any, *filters: Any) -> State | tuple[State, ...]:
     """The State of ``tree`` (one or no filter), or a tuple of States (several).
 
@@ -115,19 +121,13 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
     given_at: list[Path | None] = [None] * n
     extra: list[Path] = []
     conflicts: list[str] = []
-    index = None
     for s in states:
         if not isinstance(s, State):
             raise TypeError(
                 f"{what}: expected States after the GraphDef, got {type(s).__name__}. "
                 "Pass the States that st.split returned, in any order."
             )
-        keys = s._keys
-        if keys.graphdef is not None and keys.graphdef == graphdef:
-            positions: Sequence[int | None] = keys.indices  # type: ignore[assignment]
-        else:
-            index = graphdef.path_index() if index is None else index
-            positions = [index.get(p) for p in s.paths()]
+        positions = s._keys.positions_in(graphdef)
         for pos, value, k in zip(positions, s._values, range(len(s._values)), strict=False):
             if pos is None:
                 extra.append(s.paths()[k])
@@ -290,13 +290,7 @@ def update(tree: Any, *states: State, exact: bool = True) -> None:
                 f"update(tree, *states): expected States, got {type(s).__name__}. Build one "
                 "with st.state(tree) or st.State({path: value})."
             )
-        keys = s._keys
-        if keys.graphdef is not None and keys.graphdef == graphdef:
-            # Same structure (e.g. a State of this very tree): value indices line up.
-            positions: Sequence[int | None] = keys.indices  # type: ignore[assignment]
-        else:
-            index = graphdef.path_index()  # every path of a shared value, not only its first
-            positions = [index.get(p) for p in s.paths()]
+        positions = s._keys.positions_in(graphdef)
         for k, (i, new) in enumerate(zip(positions, s._values, strict=True)):
             if i is None:
                 problems.append(f"  {format_path(s.paths()[k])}: not in the tree (extra path)")

@@ -10,7 +10,7 @@ and the value indices it holds, which is all ``merge`` needs.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import jax.tree_util as jtu
 
@@ -47,6 +47,15 @@ class _StateKeys:
         if self._index is None:
             self._index = {p: i for i, p in enumerate(self.paths())}
         return self._index.get(path)
+
+    def positions_in(self, graphdef: GraphDef) -> Sequence[int | None]:
+        """Each value's index in ``graphdef``, None for a path it lacks: the indices
+        themselves when this State was made from an equal GraphDef, else looked up by
+        path (any path of a shared value finds it)."""
+        if self.graphdef is not None and self.graphdef == graphdef:
+            return self.indices  # type: ignore[return-value]
+        index = graphdef.path_index()
+        return [index.get(p) for p in self.paths()]
 
     def paths(self) -> tuple[Path, ...]:
         if self._paths is None:
@@ -187,6 +196,10 @@ class State:
             node[path[-1]] = value
         return out
 
+    @overload
+    def filter(self, filter: Any, /) -> "State": ...
+    @overload
+    def filter(self, first: Any, second: Any, /, *filters: Any) -> "tuple[State, ...]": ...
     def filter(self, *filters: Any) -> "State | tuple[State, ...]":
         """Select values with ``st.split``'s filters; one State per filter. Values no
         filter claims are left out (unlike ``split``, which requires all claimed)."""
