@@ -12,7 +12,7 @@ import numpy as np
 
 import statetree as st
 
-__all__ = ["mutable", "freeze", "assign", "require_mutable", "unpack", "check_kind", "path_str"]
+__all__ = ["mutable", "freeze", "assign", "require_mutable", "unpack", "check_kind"]
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic)
 
@@ -21,12 +21,8 @@ def _is_variable(x: Any) -> bool:
     return isinstance(x, st.Variable)
 
 
-def path_str(path: tuple[Any, ...]) -> str:
-    return "".join(f"[{key!r}]" for key in path) or "<root>"
-
-
 def _paths_block(paths: Sequence[tuple[Any, ...]], prefix: tuple[Any, ...] = ()) -> str:
-    shown = [f"  {path_str(prefix + p)}" for p in paths[:20]]
+    shown = [f"  {st.keystr(prefix + p)}" for p in paths[:20]]
     if len(paths) > 20:
         shown.append(f"  ... and {len(paths) - 20} more")
     return "\n".join(shown)
@@ -99,7 +95,7 @@ def require_mutable(tree: Any, where: str, prefix: tuple[Any, ...], fix: str) ->
     for path, value in st.state(tree).items():
         if not st.is_mutable(value):
             what = f"a frozen {type(value).__name__}" if _is_variable(value) else "a bare array"
-            bad.append(f"  {path_str(prefix + path)}: {what}")
+            bad.append(f"  {st.keystr(prefix + path)}: {what}")
     if bad:
         raise st.StructureError(
             f"{where} must hold mutable Variables, because the updated values are written "
@@ -140,7 +136,7 @@ def assign(targets: Any, new: Any, who: str, prefix: tuple[Any, ...]) -> None:
     except st.StructureError as e:
         raise st.StructureError(
             f"{who} do not fit the Variables they update (paths below are relative to "
-            f"{path_str(prefix)}); nothing was written.\n{e}"
+            f"{st.keystr(prefix)}); nothing was written.\n{e}"
         ) from None
 
 

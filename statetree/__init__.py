@@ -17,6 +17,7 @@ from ._errors import StructureError as StructureError
 from ._errors import UnreadableValueError as UnreadableValueError
 from ._errors import VariableIndexError as VariableIndexError
 from ._errors import VariableWriteError as VariableWriteError
+from ._errors import keystr as keystr
 from ._filters import All as All
 from ._filters import Any as Any
 from ._filters import Not as Not

@@ -6,6 +6,7 @@ want exactly ours.
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax.tree_util as jtu
 
@@ -18,6 +19,11 @@ __all__ = [
     "RefValueError",
     "AliasError",
     "StructureError",
+    "keystr",
+    "format_path",
+    "format_paths",
+    "Misfit",
+    "misfit_report",
 ]
 
 
@@ -163,21 +169,95 @@ class StructureError(StateTreeError, ValueError):
     """
 
 
-def format_path(path: Sequence[object]) -> str:
-    """``("layers", 0, "kernel")`` -> ``['layers'][0]['kernel']``: the key path as
-    ``jax.tree_util.keystr`` prints it, so errors read like JAX's own."""
+_KEY_ENTRIES = (jtu.DictKey, jtu.SequenceKey, jtu.GetAttrKey, jtu.FlattenedIndexKey)
+
+
+def keystr(path: Sequence[object]) -> str:
+    """A statetree path as text, the way ``jax.tree_util.keystr`` prints key paths.
+
+    statetree paths are tuples of plain keys (``str`` for dict keys and attributes,
+    ``int`` for sequence indices), as ``State.paths()``, ``st.find_aliases`` and error
+    messages use them; JAX's own key entries (``DictKey``, ``SequenceKey``, ...) are
+    accepted too. The empty path (the tree itself) is ``<root>``.
+
+    Args:
+      path: a tuple of plain keys (or of JAX key entries).
+
+    Returns:
+      The path as ``['layers'][0]['kernel']``.
+
+    Examples:
+      >>> import jax, statetree as st
+      >>> st.keystr(("layers", 0, "kernel"))
+      "['layers'][0]['kernel']"
+      >>> st.keystr((jax.tree_util.GetAttrKey("weight"),))
+      '.weight'
+      >>> st.keystr(())
+      '<root>'
+    """
     keys = []
     for key in path:
-        if isinstance(key, int):
+        if isinstance(key, _KEY_ENTRIES):
+            keys.append(key)
+        elif isinstance(key, int):
             keys.append(jtu.SequenceKey(key))
         else:
             keys.append(jtu.DictKey(key))
     return jtu.keystr(tuple(keys)) or "<root>"
 
 
+# The spelling used inside statetree.
+format_path = keystr
+
+
 def format_paths(paths: Sequence[Sequence[object]], limit: int = 20) -> str:
     """One path per line, indented; long lists are cut with a count of the rest."""
-    shown = [f"  {format_path(p)}" for p in paths[:limit]]
-    if len(paths) > limit:
-        shown.append(f"  ... and {len(paths) - limit} more")
+    return _lines([f"  {format_path(p)}" for p in paths], limit)
+
+
+def _lines(lines: Sequence[str], limit: int) -> str:
+    shown = list(lines[:limit])
+    if len(lines) > limit:
+        shown.append(f"  ... and {len(lines) - limit} more")
     return "\n".join(shown)
+
+
+class Misfit(NamedTuple):
+    """One entry of a "does not fit" report: a path, what is wrong there (optional),
+    and further paths the entry is about (two paths of one shared value)."""
+
+    path: tuple[object, ...]
+    detail: str = ""
+    also: tuple[tuple[object, ...], ...] = ()
+    sep: str = " and "  # between the paths, when there are several
+
+    def line(self) -> str:
+        where = self.sep.join(format_path(p) for p in (self.path, *self.also))
+        return f"  {where}: {self.detail}" if self.detail else f"  {where}"
+
+
+Section = tuple[str | None, Sequence[tuple[object, ...] | Misfit]]
+
+
+def misfit_report(
+    head: str, sections: Sequence[Section], fix: str = "", *, limit: int = 20
+) -> str | None:
+    """The one voice for "these paths do not fit": ``head``, then each non-empty
+    section (its label, if any, then one indented line per path, long lists cut with a
+    count of the rest), then ``fix``. None when every section is empty, so callers write
+    ``if (message := misfit_report(...)): raise ...``.
+
+    A section's entries are paths, or :class:`Misfit` entries for a path with a detail
+    ("expected float32[2], got float32[3]")."""
+    parts = [head]
+    for label, entries in sections:
+        if not entries:
+            continue
+        lines = [e.line() if isinstance(e, Misfit) else f"  {format_path(e)}" for e in entries]
+        body = _lines(lines, limit)
+        parts.append(f"{label}:\n{body}" if label else body)
+    if len(parts) == 1:
+        return None
+    if fix:
+        parts.append(fix)
+    return "\n".join(parts)

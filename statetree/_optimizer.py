@@ -30,7 +30,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _graph, _packed, _storage
 from ._convert import mutable
-from ._errors import FrozenVariableError, StructureError, format_path, format_paths
+from ._errors import (
+    FrozenVariableError,
+    Misfit,
+    StructureError,
+    format_path,
+    format_paths,
+    misfit_report,
+)
 from ._filters import PathContains, filter_repr, to_predicate
 from ._graph import Path, PathKey
 from ._plan import WritePlan
@@ -222,21 +229,18 @@ class Optimizer:
         expected = set(self.paths)
         missing = [p for p in self.paths if p not in found]
         extra = [p for p in found if p not in expected]
-        if missing or extra:
-            lines = []
-            if missing:
-                lines.append(
-                    "trained by this optimizer, not in the model:\n" + _path_lines(missing)
-                )
-            if extra:
-                lines.append("in the model, unknown to this optimizer:\n" + _path_lines(extra))
-            raise StructureError(
-                f"Optimizer.update(model, grads): the model's wrt={filter_repr(self.wrt)} "
-                "Variables are not the ones this optimizer was created for.\n"
-                + "\n".join(lines)
-                + "\nPass the model the optimizer was built with (st.Optimizer(model, tx)); "
-                "after changing the model's structure, build a new optimizer."
-            )
+        message = misfit_report(
+            f"Optimizer.update(model, grads): the model's wrt={filter_repr(self.wrt)} "
+            "Variables are not the ones this optimizer was created for.",
+            [
+                ("trained by this optimizer, not in the model", missing),
+                ("in the model, unknown to this optimizer", extra),
+            ],
+            "Pass the model the optimizer was built with (st.Optimizer(model, tx)); "
+            "after changing the model's structure, build a new optimizer.",
+        )
+        if message:
+            raise StructureError(message)
         frozen = [p for p in self.paths if not _writable(found[p])]
         if frozen:
             raise FrozenVariableError(
@@ -257,32 +261,28 @@ class Optimizer:
             items = everything.items()
         select = to_predicate(self.wrt)
         found = {p: g for p, g in items if not isinstance(g, Variable) or select(p, g)}
-        missing = [p for p in self.paths if p not in found]
-        extra = [p for p in found if p not in targets]
         wrong = [
-            f"  {format_path(p)}: gradient {tuple(jnp.shape(found[p]))}, "
-            f"Variable {tuple(targets[p].shape)}"
+            Misfit(p, f"gradient {tuple(jnp.shape(found[p]))}, Variable {tuple(targets[p].shape)}")
             for p in self.paths
             if p in found and tuple(jnp.shape(found[p])) != tuple(targets[p].shape)
         ]
-        if missing or extra or wrong:
-            lines = []
-            if missing:
-                lines.append("no gradient for:\n" + _path_lines(missing))
-            if extra:
-                lines.append(
-                    "gradient for a path the model does not train:\n" + _path_lines(extra)
-                )
-            if wrong:
-                lines.append("shapes differ:\n" + "\n".join(wrong))
-            raise StructureError(
-                "Optimizer.update(model, grads): grads do not match the model's "
-                f"wrt={filter_repr(self.wrt)} Variables.\n"
-                + "\n".join(lines)
-                + "\nDifferentiate with respect to the split params: "
-                "graphdef, params, rest = st.split(model, wrt, ...); "
-                "grads = jax.grad(loss)(st.freeze(params), ...)."
-            )
+        message = misfit_report(
+            "Optimizer.update(model, grads): grads do not match the model's "
+            f"wrt={filter_repr(self.wrt)} Variables.",
+            [
+                ("no gradient for", [p for p in self.paths if p not in found]),
+                (
+                    "gradient for a path the model does not train",
+                    [p for p in found if p not in targets],
+                ),
+                ("shapes differ", wrong),
+            ],
+            "Differentiate with respect to the split params: "
+            "graphdef, params, rest = st.split(model, wrt, ...); "
+            "grads = jax.grad(loss)(st.freeze(params), ...).",
+        )
+        if message:
+            raise StructureError(message)
         return State({p: _read(found[p]) for p in self.paths})
 
     # ------------------------------------------------------------------ hyperparameters

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, overload
 
 from . import _graph, _plan
-from ._errors import StructureError, format_path, format_paths
+from ._errors import Misfit, StructureError, misfit_report
 from ._filters import bucket
 from ._graph import GraphDef, Path
 from ._state import State, _StateKeys
@@ -110,6 +110,33 @@ def state(tree: Any, *filters: Any) -> State | tuple[State, ...]:
     return states[0] if len(states) == 1 else states
 
 
+def _resolve(
+    graphdef: GraphDef, states: Sequence[State], not_a_state: str, *, later_wins: bool
+) -> tuple[dict[int, tuple[Path, Any]], list[Path], list[Misfit]]:
+    """Each State value at its value index in ``graphdef``: ``{index: (path, value)}``,
+    the paths ``graphdef`` lacks, and the values given twice. The same path given again
+    in a later State wins when ``later_wins`` (``update``) and is given twice otherwise
+    (``merge``); two paths of one shared value given two different objects always are:
+    which one lands would depend on the order of the States."""
+    chosen: dict[int, tuple[Path, Any]] = {}
+    extra: list[Path] = []
+    twice: list[Misfit] = []
+    for s in states:
+        if not isinstance(s, State):
+            raise TypeError(not_a_state.format(type(s).__name__))
+        positions = s._keys.positions_in(graphdef)
+        for i, value, path in zip(positions, s._values, s.paths(), strict=True):
+            if i is None:
+                extra.append(path)
+                continue
+            before = chosen.get(i)
+            if before is None or (later_wins and before[0] == path):
+                chosen[i] = (path, value)
+            elif before[0] == path or before[1] is not value:
+                twice.append(_conflict(before[0], path))
+    return chosen, extra, twice
+
+
 def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]:
     """Place every State's values at their value index in ``graphdef``; all or nothing."""
     n = graphdef.num_values
@@ -117,55 +144,37 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
         keys = states[0]._keys
         if keys.graphdef is graphdef and keys.indices == range(n):
             return states[0]._values
-    values: list[Any] = [_MISSING] * n
-    given_at: list[Path | None] = [None] * n
-    extra: list[Path] = []
-    conflicts: list[str] = []
-    for s in states:
-        if not isinstance(s, State):
-            raise TypeError(
-                f"{what}: expected States after the GraphDef, got {type(s).__name__}. "
-                "Pass the States that st.split returned, in any order."
-            )
-        positions = s._keys.positions_in(graphdef)
-        for pos, value, k in zip(positions, s._values, range(len(s._values)), strict=False):
-            if pos is None:
-                extra.append(s.paths()[k])
-            elif values[pos] is _MISSING:
-                values[pos] = value
-                given_at[pos] = s.paths()[k]
-            elif given_at[pos] == s.paths()[k] or values[pos] is not value:
-                conflicts.append(_conflict(given_at[pos], s.paths()[k]))  # type: ignore[arg-type]
-    missing = [i for i, v in enumerate(values) if v is _MISSING]
-    if extra or missing or conflicts:
-        paths = graphdef.paths()
-        problems = []
-        if missing:
-            problems.append(
-                "missing (in the GraphDef, in no State):\n"
-                + format_paths([paths[i] for i in missing])
-            )
-        if extra:
-            problems.append("extra (in a State, not in the GraphDef):\n" + format_paths(extra))
-        if conflicts:
-            problems.append("given twice:\n" + "\n".join(conflicts))
-        raise StructureError(
-            f"{what}: the States do not fit the GraphDef.\n"
-            + "\n".join(problems)
-            + "\nPass exactly the States that st.split(tree, ...) returned with this "
-            "GraphDef; a GraphDef from another structure does not fit."
-        )
-    return values
+    not_a_state = (
+        what + ": expected States after the GraphDef, got {}. "
+        "Pass the States that st.split returned, in any order."
+    )
+    chosen, extra, twice = _resolve(graphdef, states, not_a_state, later_wins=False)
+    missing = [i for i in range(n) if i not in chosen]
+    message = misfit_report(
+        f"{what}: the States do not fit the GraphDef.",
+        [
+            ("missing (in the GraphDef, in no State)", [graphdef.paths()[i] for i in missing]),
+            ("extra (in a State, not in the GraphDef)", extra),
+            ("given twice", twice),
+        ],
+        "Pass exactly the States that st.split(tree, ...) returned with this GraphDef; a "
+        "GraphDef from another structure does not fit.",
+    )
+    if message:
+        raise StructureError(message)
+    return [chosen[i][1] for i in range(n)]
 
 
-def _conflict(first: Path, second: Path) -> str:
-    """One line for a value given twice: under one path, or two different values under
-    two paths of one shared Variable or Ref."""
+def _conflict(first: Path, second: Path) -> Misfit:
+    """A value given twice: under one path, or two different values under two paths of
+    one shared Variable or Ref."""
     if first == second:
-        return f"  {format_path(first)}: given twice (in more than one State)"
-    return (
-        f"  {format_path(first)} and {format_path(second)}: two paths of one shared "
-        "Variable, given two different values; give it one value, under one of them"
+        return Misfit(first, "given twice (in more than one State)")
+    return Misfit(
+        first,
+        "two paths of one shared Variable, given two different values; give it one value, "
+        "under one of them",
+        also=(second,),
     )
 
 
@@ -177,20 +186,18 @@ def _check_kinds(graphdef: GraphDef, values: list[Any], what: str) -> None:
     for i, (kind, value) in enumerate(zip(kinds, values, strict=True)):
         ok = not isinstance(value, Variable) if kind is None else type(value) is kind
         if not ok:
-            wrong.append((i, kind, value))
-    if wrong:
-        paths = graphdef.paths()
-        lines = [
-            f"  {format_path(paths[i])}: expected "
-            f"{kind.__name__ if kind else 'an array or Ref'}, got {type(v).__name__}"
-            for i, kind, v in wrong
-        ]
-        raise StructureError(
-            f"{what}: {len(wrong)} value(s) are of another kind than the GraphDef records:\n"
-            + "\n".join(lines)
-            + "\nKinds are Variable classes; keep them when mapping over a State "
-            "(jax.tree.map over a State keeps them)."
-        )
+            expected = kind.__name__ if kind else "an array or Ref"
+            wrong.append(
+                Misfit(graphdef.paths()[i], f"expected {expected}, got {type(value).__name__}")
+            )
+    message = misfit_report(
+        f"{what}: {len(wrong)} value(s) are of another kind than the GraphDef records:",
+        [(None, wrong)],
+        "Kinds are Variable classes; keep them when mapping over a State (jax.tree.map "
+        "over a State keeps them).",
+    )
+    if message:
+        raise StructureError(message)
 
 
 def merge(graphdef: GraphDef, *states: State) -> Any:
@@ -282,31 +289,17 @@ def update(tree: Any, *states: State, exact: bool = True) -> None:
       Array([3.], dtype=float32)
     """
     graphdef, targets = _graph.flatten(tree)
-    chosen: dict[int, tuple[Path, Any]] = {}  # value index -> (path, value) to write
-    problems: list[str] = []
-    for s in states:
-        if not isinstance(s, State):
-            raise TypeError(
-                f"update(tree, *states): expected States, got {type(s).__name__}. Build one "
-                "with st.state(tree) or st.State({path: value})."
-            )
-        positions = s._keys.positions_in(graphdef)
-        for k, (i, new) in enumerate(zip(positions, s._values, strict=True)):
-            if i is None:
-                problems.append(f"  {format_path(s.paths()[k])}: not in the tree (extra path)")
-                continue
-            path = s.paths()[k]
-            before = chosen.get(i)
-            if before is not None and before[0] != path and before[1] is not new:
-                # Two paths of one shared Variable with two values: which one lands
-                # would depend on the order of the writes.
-                problems.append(_conflict(before[0], path))
-            elif before is None or before[0] == path:
-                chosen[i] = (path, new)  # the same path in a later State wins
+    not_a_state = (
+        "update(tree, *states): expected States, got {}. Build one with st.state(tree) "
+        "or st.State({{path: value}})."
+    )
+    chosen, extra, twice = _resolve(graphdef, states, not_a_state, later_wins=True)
     # Paths are looked up only to name a refused write (they cost a walk of the tree).
     plan = _plan.WritePlan("update", exact=exact, where=lambda i: graphdef.paths()[i])
-    for problem in problems:
-        plan.refuse(None, StructureError(problem.strip()))
+    for path in extra:
+        plan.refuse(None, StructureError(Misfit(path, "not in the tree (extra path)").line()[2:]))
+    for conflict in twice:
+        plan.refuse(None, StructureError(conflict.line()[2:]))
     for i, (_, new) in chosen.items():
         plan.add(targets[i], new, i)
     plan.commit()  # all or nothing; packed views: one write per buffer

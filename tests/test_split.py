@@ -361,3 +361,21 @@ def test_merge_accepts_any_path_of_a_shared_variable() -> None:
         match=r"given twice:\n  \['a'\] and \['b'\]: two paths of one shared Variable",
     ):
         st.merge(graphdef, other)
+
+
+def test_long_does_not_fit_reports_are_cut_with_a_count() -> None:
+    tree = {f"v{i:02d}": st.Param(jnp.zeros(())) for i in range(30)}
+    graphdef, _ = st.split(tree)
+    with pytest.raises(st.StructureError) as info:
+        st.merge(graphdef, st.State({}))
+    message = str(info.value)
+    assert message.startswith("merge: the States do not fit the GraphDef.\nmissing (")
+    assert "  ['v19']\n  ... and 10 more\nPass exactly the States" in message
+    assert "['v20']" not in message
+
+
+def test_keystr_formats_plain_paths_and_jax_key_entries() -> None:
+    assert st.keystr(("layers", 0, "kernel")) == "['layers'][0]['kernel']"
+    assert st.keystr(()) == "<root>"
+    path = (jax.tree_util.GetAttrKey("w"), jax.tree_util.SequenceKey(1))
+    assert st.keystr(path) == jax.tree_util.keystr(path) == ".w[1]"
