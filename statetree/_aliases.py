@@ -7,9 +7,10 @@ that happens; ``st.split`` deduplicates them and ``st.merge`` restores them.
 
 from typing import Any
 
-from . import _graph
+from . import _graph, _storage
 from ._errors import AliasError, format_path
 from ._graph import Path
+from ._variables import Variable
 
 __all__ = ["find_aliases", "check_aliases"]
 
@@ -18,6 +19,9 @@ def find_aliases(tree: Any) -> list[tuple[Path, ...]]:
     """Groups of paths that share one Variable or one Ref, in tree order.
 
     A registered node reached through two paths shows as its Variables, each under both.
+    Two distinct Variables around one ``jax.Ref`` (the pair ``eqx.nn.Shared`` hands out,
+    or ``jax.tree.map(lambda x: x, v)`` of a mutable ``v``) are one group: ``jax.jit``
+    refuses them together as it refuses one Variable twice.
 
     Args:
       tree: any pytree.
@@ -34,8 +38,21 @@ def find_aliases(tree: Any) -> list[tuple[Path, ...]]:
       >>> st.find_aliases([ref, (ref,)])
       [((0,), (1, 0))]
     """
-    graphdef, _ = _graph.flatten(tree)
-    return [paths for paths in graphdef.occurrences() if len(paths) > 1]
+    graphdef, values = _graph.flatten(tree)
+    occurrences = graphdef.occurrences()
+    # Values that hold one Ref are one group too: two Variables of different kinds
+    # around one Ref, or a Variable and the raw Ref (`flatten` already merges
+    # same-kind twins into one value).
+    by_storage: dict[int, list[int]] = {}
+    for i, value in enumerate(values):
+        raw = value._raw if isinstance(value, Variable) else value
+        if _storage.is_storage(raw):
+            by_storage.setdefault(id(raw), []).append(i)
+    first_of = {i: group[0] for group in by_storage.values() for i in group}
+    groups: dict[int, list[Path]] = {}
+    for i, paths in enumerate(occurrences):
+        groups.setdefault(first_of.get(i, i), []).extend(paths)
+    return [tuple(paths) for paths in groups.values() if len(paths) > 1]
 
 
 def check_aliases(tree: Any) -> None:

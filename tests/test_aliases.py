@@ -93,3 +93,67 @@ def test_no_aliases() -> None:
 def test_raw_ref_aliases() -> None:
     r = jax.new_ref(jnp.ones(1))
     assert st.find_aliases([r, {"x": r}]) == [((0,), (1, "x"))]
+
+
+# ------------------------------------------------- distinct Variables around one Ref
+def _twins() -> tuple[st.Param, st.Param]:
+    v = st.Param(jnp.zeros(2), mutable=True)
+    twin = jax.tree.map(lambda x: x, v)  # a new Param around the same Ref
+    assert twin is not v and twin._raw is v._raw
+    return v, twin
+
+
+def test_find_aliases_reports_distinct_variables_sharing_one_ref() -> None:
+    v, twin = _twins()
+    other = st.Param(jnp.zeros(2), mutable=True)
+    assert st.find_aliases({"a": v, "b": twin, "c": other}) == [(("a",), ("b",))]
+    # A Variable and its own raw Ref; and two kinds around one Ref.
+    assert st.find_aliases({"a": v, "r": v._raw}) == [(("a",), ("r",))]
+    stat = jax.tree.map(lambda x: x, st.BatchStat(jnp.zeros(2), mutable=True))
+    cross = st.Param._from_raw(stat._raw, ())
+    assert st.find_aliases([stat, cross]) == [((0,), (1,))]
+    with pytest.raises(st.AliasError, match=r"\['a'\] <-> \['b'\]"):
+        st.check_aliases({"a": v, "b": twin})
+
+
+def test_split_stores_one_ref_once_and_merge_keeps_the_storage_shared() -> None:
+    v, twin = _twins()
+    tree = {"a": v, "b": twin, "c": st.Param(jnp.ones(1), mutable=True)}
+    for _ in range(2):  # the second split goes the same way (no stale pattern)
+        graphdef, state = st.split(tree)
+        assert state.paths() == (("a",), ("c",))
+        assert graphdef.occurrences()[0] == (("a",), ("b",))
+
+    @jax.jit
+    def bump(graphdef: st.GraphDef, state: st.State) -> None:
+        model = st.merge(graphdef, state)  # jit would refuse the Ref passed twice
+        model["b"][...] += 1.0
+        model["a"][...] += 1.0
+
+    bump(graphdef, state)
+    assert v[...].tolist() == twin[...].tolist() == [2.0, 2.0]
+
+
+def test_equinox_shared_pair_is_one_alias_group_and_one_stored_copy() -> None:
+    eqx = pytest.importorskip("equinox")
+    from statetree.adapters.equinox import mutable
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    embedding = eqx.nn.Embedding(5, 3, key=k1)
+    unembedding = eqx.nn.Linear(3, 5, use_bias=False, key=k2)
+    tied = eqx.nn.Shared((embedding, unembedding), lambda p: p[1].weight, lambda p: p[0].weight)
+    emb, lin = mutable(tied)()  # the pair Shared.__call__ hands out
+    assert st.find_aliases((emb, lin)) == [((0, "weight"), (1, "weight"))]
+    with pytest.raises(st.AliasError):
+        st.check_aliases((emb, lin))
+    graphdef, state = st.split((emb, lin))
+    assert len(state) == 1
+
+    @jax.jit
+    def step(graphdef: st.GraphDef, state: st.State) -> None:
+        _, lin = st.merge(graphdef, state)
+        lin.weight[...] += 1.0
+
+    before = float(emb.weight[0, 0])
+    step(graphdef, state)
+    assert float(emb.weight[0, 0]) == float(lin.weight[0, 0]) == before + 1.0

@@ -15,6 +15,7 @@ the leaves. Paths are computed only when asked for. README.md beside this file h
 model (values, slots, parts, extras, repeats) and which path serves which tree.
 """
 
+import operator
 import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -32,6 +33,7 @@ __all__ = ["flatten", "unflatten"]
 
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 _is_variable = Variable.__instancecheck__  # a C-level bound method: cheap in C loops
+_raw_of = operator.attrgetter("_raw")  # a Variable's array, Ref or View
 
 # A non-array leaf (an int, a string, a function) kept in the structure.
 _Static = _nodes.Static
@@ -121,9 +123,14 @@ def _reuse(
 
 def _record(
     leaves: list[Any], treedef: Any, types: tuple[type, ...]
-) -> tuple["GraphDef", list[Any]]:
-    """Deduplicate an all-Variable tree and remember its pattern for next time."""
+) -> "tuple[GraphDef, list[Any]] | None":
+    """Deduplicate an all-Variable tree and remember its pattern for next time; None
+    when two of its distinct Variables hold one array or Ref (for the general path)."""
     unique, slots, first = _dedup(leaves, 0)
+    if _first_positions(list(map(_raw_of, unique))) is not None:
+        with _PATTERNS_LOCK:
+            _PATTERNS.pop(treedef, None)  # a pattern recorded before the twins were made
+        return None
     repeats = () if first is None else tuple((i, f) for i, f in enumerate(first) if f != i)
     graphdef = GraphDef((_Part(treedef, slots, (), None, repeats),), tuple(map(type, unique)))
     with _PATTERNS_LOCK:
@@ -133,25 +140,36 @@ def _record(
     return graphdef, unique
 
 
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` for metadata, False where comparing fails (arrays in metadata)."""
+    try:
+        return a is b or bool(a == b)
+    except Exception:
+        return False
+
+
 class _Flattener:
     """The general flatten: one instance per :func:`flatten` call that the fast paths do
     not serve (a tree with arrays, Refs, non-array leaves or registered nodes).
 
     It builds the value list and the parts of a GraphDef (see README.md). ``part`` turns
     one JAX flatten into a :class:`_Part`: each leaf becomes a slot, either a value index
-    (a Variable or Ref met before reuses its index, looked up by ``id``; an array always
-    gets a new one) or an extra (a static leaf, or a node). A node is expanded by
+    (a Variable or Ref met before reuses its index, looked up by ``id``; so does a
+    second Variable of the same kind and metadata around the same Ref, the pair
+    ``eqx.nn.Shared`` hands out; an array always gets a new one) or an extra (a static
+    leaf, or a node). A node is expanded by
     ``node``, once per object: its children become a part of their own, and every later
     position of the same object refers to that part. ``in_progress`` holds the nodes
     being expanded, so a node inside itself is refused instead of recursing forever.
     """
 
-    __slots__ = ("ids", "in_progress", "kinds", "node_ids", "parts", "values")
+    __slots__ = ("ids", "in_progress", "kinds", "node_ids", "parts", "raws", "values")
 
     def __init__(self) -> None:
         self.values: list[Any] = []
         self.kinds: list[type | None] = []
         self.ids: dict[int, int] = {}  # id(Variable or Ref) -> value index
+        self.raws: dict[int, int] = {}  # id(a Variable's array or Ref) -> its first value
         self.node_ids: dict[int, int] = {}  # id(node) -> part index
         self.in_progress: set[int] = set()
         self.parts: list[_Part | None] = []
@@ -175,36 +193,55 @@ class _Flattener:
         # was met before, else one dict lookup per leaf.
         base = len(self.values)
         if self.ids:
-            return self._variables_slow(leaves)
+            return tuple(map(self._variable, leaves))
         unique, slots, _ = _dedup(leaves, base)
+        raws = list(map(_raw_of, unique))
+        if _first_positions(raws) is not None:  # two Variables around one array or Ref
+            return tuple(map(self._variable, leaves))
         self.values.extend(unique)
         self.kinds.extend(map(type, unique))
-        self.ids.update(zip(map(id, unique), range(base, base + len(unique)), strict=True))
+        new = range(base, base + len(unique))
+        self.ids.update(zip(map(id, unique), new, strict=True))
+        self.raws.update(zip(map(id, raws), new, strict=True))
         return slots
 
-    def _variables_slow(self, leaves: list[Any]) -> tuple[int, ...]:
-        slots = []
-        for leaf in leaves:
-            key = id(leaf)
-            slot = self.ids.get(key)
-            if slot is None:
-                slot = self.ids[key] = len(self.values)
-                self.values.append(leaf)
-                self.kinds.append(type(leaf))
-            slots.append(slot)
-        return tuple(slots)
+    def _variable(self, leaf: Any) -> int:
+        """The value index of Variable ``leaf``: that of ``leaf`` itself met before, or
+        of its twin (same kind and metadata, same Ref), else a new one."""
+        key = id(leaf)
+        slot = self.ids.get(key)
+        if slot is not None:
+            return slot
+        raw = leaf._raw
+        twin = self.raws.get(id(raw))
+        if twin is not None:
+            first = self.values[twin]
+            if (
+                type(first) is type(leaf)
+                and _same(first._metadata, leaf._metadata)
+                and _storage.is_storage(raw)
+            ):
+                self.ids[key] = twin
+                return twin
+        slot = self.ids[key] = len(self.values)
+        self.raws.setdefault(id(raw), slot)
+        self.values.append(leaf)
+        self.kinds.append(type(leaf))
+        return slot
 
     def _mixed(self, leaves: list[Any]) -> tuple[Sequence[int], tuple[Any, ...]]:
         slots: list[int] = []
         extras: list[Any] = []
         for leaf in leaves:
-            if isinstance(leaf, Variable) or _storage.is_storage(leaf):
+            if isinstance(leaf, Variable):
+                slots.append(self._variable(leaf))
+            elif _storage.is_storage(leaf):
                 key = id(leaf)
                 slot = self.ids.get(key)
                 if slot is None:
                     slot = self.ids[key] = len(self.values)
                     self.values.append(leaf)
-                    self.kinds.append(type(leaf) if isinstance(leaf, Variable) else None)
+                    self.kinds.append(None)
                 slots.append(slot)
             elif isinstance(leaf, _ARRAY_TYPES):
                 # Arrays are values, not objects: the same array twice is two values.
@@ -247,7 +284,9 @@ def flatten(tree: Any) -> tuple[GraphDef, list[Any]]:
     if reused is not None:
         return reused  # the common case: this model was split before
     if _identity_hashed(set(types)):
-        return _record(leaves, treedef, types)  # only Variables
+        recorded = _record(leaves, treedef, types)  # only Variables
+        if recorded is not None:
+            return recorded
     f = _Flattener()
     f.part(tree, None, (leaves, treedef))
     return GraphDef(tuple(f.parts), tuple(f.kinds)), f.values  # type: ignore[arg-type]
