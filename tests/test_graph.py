@@ -1,5 +1,7 @@
 """The shared traversal: pattern reuse, nodes, cycles, paths."""
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -142,3 +144,34 @@ def test_threads_splitting_many_structures_share_the_pattern_cache_safely() -> N
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors[:3]
     assert len(_graph._PATTERNS) <= _graph._PATTERNS_MAX
+
+
+@st.register_node
+class Diamond:
+    def __init__(self, child: object) -> None:
+        self.left = child
+        self.right = child
+        self.w = st.Param(jnp.zeros(()))
+
+
+def test_diamond_sharing_stays_linear_in_distinct_objects() -> None:
+    # 16 levels, each node shared by both attributes of its parent: the bottom Variable
+    # is reachable through 65,536 paths. Paths listed per value are bounded, so
+    # find_aliases, reprs and save stay linear in the number of distinct objects.
+    bottom = st.Param(jnp.ones(()))
+    tree: object = bottom
+    for _ in range(16):
+        tree = Diamond(tree)
+    groups = st.find_aliases(tree)
+    graphdef, state = st.split(tree)
+    assert len(state) == 17  # 16 nodes' own Variables, and the bottom one
+    listed = sum(map(len, graphdef.occurrences()))
+    assert listed <= 8 * 17 * 2  # (65,536 paths for the bottom Variable alone before)
+    assert len(groups) == 16 and all(2 <= len(g) <= 16 for g in groups)
+    assert len(repr(graphdef)) < 20_000 and len(repr(state)) < 20_000
+    rebuilt = st.merge(graphdef, state)
+    node: Any = rebuilt
+    for _ in range(16):
+        assert node.left is node.right
+        node = node.left
+    assert node is bottom

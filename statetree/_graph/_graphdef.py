@@ -14,6 +14,10 @@ __all__ = ["GraphDef", "Path", "PathKey"]
 
 Path = tuple[Any, ...]
 
+# How many times the path walk expands one node: the paths listed for a Variable inside
+# a node shared at several places (see GraphDef._walk).
+_EXPANSIONS = 8
+
 
 class _Node(NamedTuple):
     """A registered node; ``part`` is the index of the part holding its children."""
@@ -132,21 +136,40 @@ class GraphDef:
     # ------------------------------------------------------------------ paths
     def _walk(self) -> tuple[tuple[Path, ...], tuple[tuple[Path, ...], ...]]:
         """Every path of every value: DFS, expanding each node occurrence (so a shared
-        node's Variables show under each path that reaches the node)."""
+        node's Variables show under each path that reaches the node), at most
+        ``_EXPANSIONS`` times per node. Nodes shared at every level of a diamond reach
+        their Variables through exponentially many paths; the cap keeps this linear in
+        the number of parts while every shared value still shows two paths or more."""
         occurrences: list[list[Path]] = [[] for _ in self.kinds]
+        expanded = [0] * len(self.parts)
+        keyed_parts: dict[int, list[Path]] = {}
+
+        def keys_of(part_index: int) -> list[Path]:
+            # Each leaf's keys within its part, computed once per part.
+            keys = keyed_parts.get(part_index)
+            if keys is None:
+                treedef = self.parts[part_index].treedef
+                marker = object()
+                shaped = treedef.unflatten([marker] * treedef.num_leaves)
+                keyed, _ = jtu.tree_flatten_with_path(shaped, is_leaf=lambda x: x is marker)
+                keys = [tuple(k for entry in kp for k in _keys_of(entry)) for kp, _ in keyed]
+                keyed_parts[part_index] = keys
+            return keys
 
         def visit(part_index: int, prefix: Path, active: frozenset[int]) -> None:
+            expanded[part_index] += 1
             part = self.parts[part_index]
-            marker = object()
-            shaped = part.treedef.unflatten([marker] * part.treedef.num_leaves)
-            keyed, _ = jtu.tree_flatten_with_path(shaped, is_leaf=lambda x: x is marker)
-            for (keypath, _leaf), slot in zip(keyed, part.slots, strict=True):
-                path = prefix + tuple(key for k in keypath for key in _keys_of(k))
+            for keys, slot in zip(keys_of(part_index), part.slots, strict=True):
+                path = prefix + keys
                 if slot >= 0:
                     occurrences[slot].append(path)
                     continue
                 extra = part.extras[-1 - slot]
-                if isinstance(extra, _Node) and extra.part not in active:
+                if (
+                    isinstance(extra, _Node)
+                    and extra.part not in active
+                    and expanded[extra.part] < _EXPANSIONS
+                ):
                     visit(extra.part, path, active | {extra.part})
 
         visit(0, (), frozenset({0}))
