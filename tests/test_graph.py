@@ -1,5 +1,6 @@
 """The shared traversal: pattern reuse, nodes, cycles, paths."""
 
+import sys
 from typing import Any
 
 import jax
@@ -175,3 +176,57 @@ def test_diamond_sharing_stays_linear_in_distinct_objects() -> None:
         assert node.left is node.right
         node = node.left
     assert node is bottom
+
+
+# ------------------------------------------------- trees too deep, cycles under jit
+def _headroom_intact() -> bool:
+    """A plain recursion can still go almost to Python's limit from here."""
+    frame, frames = sys._getframe(), 0
+    while frame is not None:
+        frames, frame = frames + 1, frame.f_back
+
+    def down(k: int) -> int:
+        return k if k == 0 else down(k - 1)
+
+    try:
+        down(sys.getrecursionlimit() - frames - 40)
+    except RecursionError:
+        return False
+    return True
+
+
+def test_too_deep_tree_is_refused_with_its_path_and_the_process_stays_usable() -> None:
+    assert _headroom_intact()
+    tree: Any = st.Param(jnp.zeros(()))
+    for _ in range(sys.getrecursionlimit() + 200):
+        tree = [tree]
+    for _ in range(2):  # twice: the first failure left nothing behind
+        with pytest.raises(st.StructureError, match=r"nested \d+ levels deep at \[0\]\[0\]"):
+            st.split(tree)
+        assert _headroom_intact()
+    chain: Any = Cell(0.0)
+    for i in range(sys.getrecursionlimit()):
+        link = Cell(float(i))
+        link.peer = chain
+        chain = link
+    with pytest.raises(st.StructureError, match=r"levels deep at \.peer\.peer"):
+        st.mutable(chain)
+    assert _headroom_intact()
+
+
+def test_cyclic_node_under_jit_is_refused_naming_the_loop() -> None:
+    a, b = Cell(1.0), Cell(2.0)
+    a.peer, b.peer = b, a
+    with pytest.raises(
+        st.StructureError, match=r"Cell node contains itself.*\['peer'\]\['peer'\]"
+    ):
+        jax.jit(lambda cell: cell.value[...] * 2)(a)
+    assert _headroom_intact()
+    with pytest.raises(st.StructureError, match=r"contains itself"):
+        jax.tree.map(lambda x: x, a)
+    assert _headroom_intact()
+    # A node shared twice (no cycle) still passes through jit, call after call.
+    pair = {"left": b, "right": b}
+    b.peer = None
+    for _ in range(3):
+        assert float(jax.jit(lambda t: t["left"].value[...] + t["right"].value[...])(pair)) == 4.0

@@ -14,6 +14,7 @@ too, each held in the structure by a childless :class:`Hole` at its position.
 Subclasses of a registered class are registered when defined.
 """
 
+import sys
 import threading
 import types
 from collections.abc import Callable
@@ -23,7 +24,9 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
+from .._errors import StructureError, keystr
 from .._variables import Variable
+from . import _depth
 
 __all__ = [
     "register_node",
@@ -219,14 +222,21 @@ def _is_graph_leaf(x: Any) -> bool:
 
 
 class _Watch(threading.local):
-    """While the node-blind first pass of :func:`flatten_to_nodes` runs in this thread:
-    the ids of the nodes JAX has flattened so far (None otherwise)."""
+    """Per thread: what the node flattens this module installs have met.
+
+    ``seen``: while the node-blind first pass of :func:`flatten_to_nodes` runs, the ids
+    of the nodes it has flattened (None otherwise). ``site`` and ``met``: for JAX's own
+    flattens (``jax.jit``, ``jax.tree.map``), the Python frame that started the current
+    one and, per node id met in it, whether the node was checked for a cycle."""
 
     seen: set[int] | None = None
+    site: int = 0
+    met: dict[int, bool] | None = None
 
 
 _WATCH = _Watch()
 _CUT = (None, ())  # aux data of a node cut short; that flatten's result is discarded
+_CYCLE = "statetree: a node inside itself"  # aux[0] of a node cut at a reference cycle
 
 
 def flatten_to_nodes(tree: Any, *, nodes_expected: bool = False) -> tuple[list[Any], Any]:
@@ -241,54 +251,118 @@ def flatten_to_nodes(tree: Any, *, nodes_expected: bool = False) -> tuple[list[A
     it recorded any, a second pass cuts at nodes. Trees without nodes pay one pass, and
     a program that registers classes costs its node-free trees nothing more.
     """
-    if nodes_expected:
-        return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
-    if not _TYPES:
-        return jtu.tree_flatten(tree, is_leaf=_is_variable)
-    watch = _WATCH
-    outer, watch.seen = watch.seen, set()
     try:
-        leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
-        met = bool(watch.seen)
-    finally:
-        watch.seen = outer
-    if met:
-        return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
-    return leaves, treedef
+        if nodes_expected:
+            return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+        if not _TYPES:
+            return jtu.tree_flatten(tree, is_leaf=_is_variable)
+        watch = _WATCH
+        outer, watch.seen = watch.seen, set()
+        try:
+            leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
+            met = bool(watch.seen)
+        finally:
+            watch.seen = outer
+        if met:
+            return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+        return leaves, treedef
+    except RecursionError:
+        # Too deep for JAX's flatten, which leaves the recursion counter spent: give it
+        # back first (see _depth; room for the next calls before any call), then say
+        # where.
+        if _depth.leave is not None:
+            for _ in range(_depth.ROOM):
+                _depth.leave()
+        _depth.recover()
+        raise _depth.too_deep(tree, _is_variable) from None
 
 
-def _first_visit(obj: Any) -> bool:
-    """Record a node the first pass meets; False when it meets ``obj`` again (a shared
-    node, or a cycle that would otherwise recurse until Python's limit). Cutting the
-    node short, rather than raising, matters: JAX's C++ flatten does not unwind
-    Python's recursion counter when a flatten function raises."""
-    seen = _WATCH.seen
-    if seen is None:
-        return True
+def _cut(obj: Any) -> Any:
+    """None when JAX may expand ``obj``; else the aux data to cut it short with.
+
+    In the node-blind first pass a node met again (shared, or in a cycle) is cut: that
+    result is discarded, and the cut keeps the pass linear and finite. In JAX's own
+    flattens, a node met again is checked once for a cycle; a cycle is cut with aux
+    data that makes rebuilding the node raise ``StructureError``, naming the loop.
+    Cutting rather than raising here matters: JAX's C++ flatten does not give back
+    Python's recursion levels when a flatten function raises (see ``_depth``).
+    """
+    watch = _WATCH
     key = id(obj)
-    if key in seen:
-        return False
-    seen.add(key)
-    return True
+    seen = watch.seen
+    if seen is not None:
+        if key in seen:
+            return _CUT
+        seen.add(key)
+        return None
+    # Frames: 0 this, 1 the node's flatten, 2 whoever called JAX's flatten (C++ frames
+    # between them are not Python frames).
+    site = id(sys._getframe(2))
+    met = watch.met
+    if site != watch.site or met is None:
+        watch.site, watch.met = site, {key: False}
+        return None
+    checked = met.get(key)
+    if checked is None:
+        met[key] = False
+        return None
+    if checked:
+        return None
+    loop = _loop_from(obj)
+    if loop is None:
+        met[key] = True
+        return None
+    return (_CYCLE, type(obj).__name__, keystr(loop)), ()
+
+
+def _loop_from(obj: Any) -> tuple[Any, ...] | None:
+    """The key path from node ``obj`` back to itself through nodes, or None (iterative:
+    a long chain of nodes does not recurse)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(obj, ())]
+    walked: set[int] = set()
+    while stack:
+        node, path = stack.pop()
+        data, _ = node_children(node)
+        keyed, _ = jtu.tree_flatten_with_path(data, is_leaf=_is_graph_leaf)
+        for keys, child in keyed:
+            if not is_node(child):
+                continue
+            here = path + tuple(keys)
+            if child is obj:
+                return here
+            if id(child) not in walked:
+                walked.add(id(child))
+                stack.append((child, here))
+    return None
 
 
 def _flatten_with_keys(obj: Any) -> tuple[list[tuple[Any, Any]], Any]:
-    if not _first_visit(obj):
-        return [], _CUT
-    data, aux = node_children(obj)
+    cut = _cut(obj)
+    if cut is not None:
+        return [], cut
+    data, aux = _attrs_children(obj)  # JAX calls these for user classes only
     return [(jtu.GetAttrKey(k), v) for k, v in data.items()], (aux, tuple(data))
 
 
 def _flatten(obj: Any) -> tuple[list[Any], Any]:
-    if not _first_visit(obj):
-        return [], _CUT
-    data, aux = node_children(obj)
+    cut = _cut(obj)
+    if cut is not None:
+        return [], cut
+    data, aux = _attrs_children(obj)
     return list(data.values()), (aux, tuple(data))
 
 
 def _unflatten(aux_and_names: Any, children: Any) -> Any:
     aux, names = aux_and_names
-    return node_rebuild(aux, dict(zip(names, children, strict=True)))
+    if aux is not None and aux[0] is _CYCLE:
+        _, name, loop = aux
+        raise StructureError(
+            f"A {name} node contains itself (a reference cycle: it is reached again at "
+            f"{loop} below itself). JAX flattens nodes recursively, which a cycle makes "
+            "endless, and statetree rebuilds nodes from their children, which a cycle "
+            "makes impossible; hold the back-reference outside the tree (e.g. a weakref)."
+        )
+    return _attrs_rebuild(aux, dict(zip(names, children, strict=True)))
 
 
 def _add(cls: type, how: _NodeClass) -> None:
@@ -401,7 +475,7 @@ def register_internal_node(
     Registering again does nothing."""
 
     def watched(obj: Any) -> tuple[Any, Any]:
-        if not _first_visit(obj):
+        if _WATCH.seen is not None and _cut(obj) is not None:
             return [], _CUT
         return flatten(obj)
 
