@@ -112,27 +112,54 @@ class use_mutable_arrays:
 
 # Generators run in pieces, each in the context of whoever resumes them: the flag is set
 # around each resume (next/send/throw/close) and the caller's own setting is back between
-# them. Otherwise the `with` would end as soon as the generator object was created.
+# them. Otherwise the `with` would end as soon as the generator object was created. One
+# object per kind of generator stands in for the wrapped one and forwards each resume;
+# the protocol's other methods (`__next__`, `__iter__`, `__anext__`, `__aiter__`) come
+# from the ABCs, which define them through these.
+class _FlaggedGenerator(Generator[Any, Any, Any]):
+    __slots__ = ("_flag", "_inner")
+
+    def __init__(self, inner: Generator[Any, Any, Any], flag: bool) -> None:
+        self._inner, self._flag = inner, flag
+
+    def send(self, value: Any) -> Any:
+        with use_mutable_arrays(self._flag):
+            return self._inner.send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        with use_mutable_arrays(self._flag):
+            return self._inner.throw(*exc)
+
+    def close(self) -> None:
+        with use_mutable_arrays(self._flag):
+            self._inner.close()
+
+    def __del__(self) -> None:  # an abandoned generator's cleanup runs with the flag too
+        self.close()
+
+
+class _FlaggedAsyncGenerator(AsyncGenerator[Any, Any]):
+    __slots__ = ("_flag", "_inner")
+
+    def __init__(self, inner: AsyncGenerator[Any, Any], flag: bool) -> None:
+        self._inner, self._flag = inner, flag
+
+    async def asend(self, value: Any) -> Any:
+        with use_mutable_arrays(self._flag):
+            return await self._inner.asend(value)
+
+    async def athrow(self, *exc: Any) -> Any:
+        with use_mutable_arrays(self._flag):
+            return await self._inner.athrow(*exc)
+
+    async def aclose(self) -> None:
+        with use_mutable_arrays(self._flag):
+            await self._inner.aclose()
+
+
 def _generator(fn: Callable[..., Any], flag: bool) -> Callable[..., Generator[Any, Any, Any]]:
     def generator(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        inner = fn(*args, **kwargs)  # runs none of the body yet
-        sent: Any = None
-        thrown: BaseException | None = None
-        while True:
-            try:
-                with use_mutable_arrays(flag):
-                    item = inner.send(sent) if thrown is None else inner.throw(thrown)
-            except StopIteration as stop:
-                return stop.value
-            sent, thrown = None, None
-            try:
-                sent = yield item
-            except GeneratorExit:
-                with use_mutable_arrays(flag):
-                    inner.close()
-                raise
-            except BaseException as exc:  # thrown in by the caller: pass it on
-                thrown = exc
+        return _FlaggedGenerator(fn(*args, **kwargs), flag)  # runs none of the body yet
 
     return generator
 
@@ -140,25 +167,7 @@ def _generator(fn: Callable[..., Any], flag: bool) -> Callable[..., Generator[An
 def _async_generator(
     fn: Callable[..., Any], flag: bool
 ) -> Callable[..., AsyncGenerator[Any, Any]]:
-    async def generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
-        inner = fn(*args, **kwargs)
-        sent: Any = None
-        thrown: BaseException | None = None
-        while True:
-            try:
-                with use_mutable_arrays(flag):
-                    resumed = inner.asend(sent) if thrown is None else inner.athrow(thrown)
-                    item = await resumed
-            except StopAsyncIteration:
-                return
-            sent, thrown = None, None
-            try:
-                sent = yield item
-            except GeneratorExit:
-                with use_mutable_arrays(flag):
-                    await inner.aclose()
-                raise
-            except BaseException as exc:
-                thrown = exc
+    def generator(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+        return _FlaggedAsyncGenerator(fn(*args, **kwargs), flag)
 
     return generator
