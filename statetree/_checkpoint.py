@@ -29,15 +29,14 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 
-from . import _storage
+from . import _digest, _storage
 from ._aliases import find_aliases
-from ._errors import Misfit, StateTreeError, StructureError, format_path, misfit_report
-from ._plan import WritePlan
+from ._errors import StateTreeError, StructureError, format_path
 from ._split import state as _state
 from ._split import update as _update
 from ._state import State
@@ -47,7 +46,7 @@ __all__ = ["save", "restore", "CheckpointError"]
 
 INDEX = "statetree.json"
 ARRAYS = "arrays"
-FORMAT = "statetree-checkpoint/1"
+FORMAT = "statetree-checkpoint/2"
 _TMP = ".statetree-tmp-"  # hidden sibling `.NAME.statetree-tmp-XXXX` of a save in progress
 _OLD = ".statetree-old-"  # the previous checkpoint while `overwrite=True` swaps it out
 
@@ -55,7 +54,8 @@ PathLike = str | os.PathLike[str]
 
 
 class CheckpointError(StateTreeError, OSError):
-    """A path that holds no complete statetree checkpoint, or one ``save`` would replace."""
+    """A path that holds no complete, intact statetree checkpoint (missing, unfinished,
+    damaged: its digests do not match), or one ``save`` would replace."""
 
 
 def _orbax() -> Any:
@@ -75,11 +75,30 @@ def _checkpointer(ocp: Any) -> Any:
     return ocp.Checkpointer(ocp.StandardCheckpointHandler())
 
 
+def _values(tree: Any) -> State:
+    """The tree's values keyed by path (a State is a tree: its own values)."""
+    return cast(State, _state(tree))
+
+
 # ---------------------------------------------------------------------------- save
 def _kind(value: Any) -> str:
     if isinstance(value, Variable):
         return type(value).__name__
     return "Ref" if _storage.is_storage(value) else "array"
+
+
+def _read(value: Any) -> Any:
+    return value.value if isinstance(value, Variable) else _storage.read(value)
+
+
+def _refuse_traced(verb: str, path: Any, array: Any) -> None:
+    if isinstance(array, jax.core.Tracer):
+        raise TypeError(
+            f"{verb}: the value at {format_path(path)} is traced: st.{verb} reads and "
+            "writes files, which cannot happen inside jax.jit or another transform (the "
+            "function is traced once and compiled; files are not part of a computation). "
+            f"Call st.{verb} outside, on the live tree, before or after the jitted step."
+        )
 
 
 def _entry(path: Any, value: Any) -> tuple[dict[str, Any], Any]:
@@ -90,13 +109,8 @@ def _entry(path: Any, value: Any) -> tuple[dict[str, Any], Any]:
             f"({path!r}), which the checkpoint index cannot record. Hold the value "
             "under dict keys, attributes or sequence indices."
         )
-    array = value.value if isinstance(value, Variable) else _storage.read(value)
-    if isinstance(array, jax.core.Tracer):
-        raise TypeError(
-            f"save: the value at {format_path(path)} is traced: st.save writes files, "
-            "which cannot happen inside jax.jit or another transform. Call it outside, "
-            "on the live tree, after the jitted step returns."
-        )
+    array = _read(value)
+    _refuse_traced("save", path, array)
     entry = {
         "path": list(path),
         "kind": _kind(value),
@@ -110,6 +124,25 @@ def _entry(path: Any, value: Any) -> tuple[dict[str, Any], Any]:
     return entry, array
 
 
+def prepare(tree: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The index of ``tree``'s state (paths, kinds, dtypes, shapes, digests, sharing)
+    and the arrays orbax stores, keyed by their position in the index. Zero-size arrays
+    are recorded in the index only (orbax refuses them; they hold no data). Every
+    process of a multi-process job calls it (the digests are summed across processes).
+    """
+    entries, arrays = [], []
+    for p, value in _values(tree).items():
+        entry, array = _entry(p, value)
+        entries.append(entry)
+        arrays.append(array)
+    for entry, digest in zip(entries, _digest.digests(arrays), strict=True):
+        entry["digest"] = digest
+    body = {"values": entries, "aliases": [list(map(list, g)) for g in find_aliases(tree)]}
+    index = {"format": FORMAT, **body, "checksum": _digest.index_checksum(body)}
+    stored = {str(i): a for i, a in enumerate(arrays) if a.size}
+    return index, stored
+
+
 def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
     """Save the state of ``tree`` to the directory ``path`` (orbax-checkpoint).
 
@@ -117,7 +150,13 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
     hidden sibling directory and renamed into place as the last step, so a save killed
     at any moment leaves nothing that ``restore`` accepts. Shared Variables are stored
     once, with the paths that share them; values keep their dtype bit for bit (bfloat16,
-    int8, raw key data, typed PRNG keys) and each device writes its own shards.
+    int8, raw key data, typed PRNG keys), each with a digest that ``restore`` verifies,
+    and each device writes its own shards.
+
+    Under ``jax.distributed`` every process calls ``save`` with the same path and its
+    view of the same tree: each process writes the shards it holds, process 0 writes the
+    index and renames the checkpoint into place, and ``save`` returns on every process
+    once the checkpoint is complete.
 
     Args:
       path: the checkpoint's directory; its parent is created if needed.
@@ -142,6 +181,7 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
       Array([1., 1., 1.], dtype=float32)
     """
     ocp = _orbax()
+    refuse_inside_jit("save")
     final = pathlib.Path(path).absolute()
     if final.exists() and not overwrite:
         raise CheckpointError(
@@ -149,27 +189,28 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
             "one directory per step), or pass overwrite=True to replace it once the new "
             "checkpoint is complete."
         )
-    source = tree if isinstance(tree, State) else _state(tree)
-    entries, arrays = [], {}
-    for i, (p, value) in enumerate(source.items()):
-        entry, array = _entry(p, value)
-        entries.append(entry)
-        arrays[str(i)] = array
-    aliases = [] if isinstance(tree, State) else [list(map(list, g)) for g in find_aliases(tree)]
-    index = {"format": FORMAT, "values": entries, "aliases": aliases}
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}{_TMP}{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    index, stored = prepare(tree)
+    # Every process writes into the same working directory: one name, agreed on.
+    token = _digest.same_token()
+    tmp = final.parent / f".{final.name}{_TMP}{token}"
+    primary = _digest.is_primary()
+    if primary:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    _digest.barrier(f"statetree-save-begin-{token}")
     try:
-        _checkpointer(ocp).save(tmp / ARRAYS, args=ocp.args.StandardSave(arrays))
-        with open(tmp / INDEX, "w") as f:
-            json.dump(index, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        _commit(tmp, final)
+        if stored:
+            _checkpointer(ocp).save(tmp / ARRAYS, args=ocp.args.StandardSave(stored))
+        if primary:
+            with open(tmp / INDEX, "w") as f:
+                json.dump(index, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            _commit(tmp, final)
+        _digest.barrier(f"statetree-save-end-{token}")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if primary:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -195,6 +236,62 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 
 # ---------------------------------------------------------------------------- restore
+def refuse_inside_jit(verb: str) -> None:
+    """``save``/``restore`` touch files: refuse them while ``jax.jit`` traces."""
+    if isinstance(jnp.zeros(()), jax.core.Tracer):
+        raise TypeError(
+            f"{verb}: called inside jax.jit, while it traces a function. st.{verb} reads and writes "
+            "files, which cannot be part of a compiled computation (the function is "
+            f"traced once; files are not values). Call st.{verb} outside the jitted "
+            "function, on the live tree, before or after the step."
+        )
+
+
+def damaged(where: Any, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"restore: the checkpoint at {where} is damaged: {why}. Nothing was restored. "
+        "st.save never leaves such a checkpoint at its path: the files were changed or "
+        "truncated afterwards (disk, copy, edit). Restore an earlier checkpoint."
+    )
+
+
+def _valid_entry(entry: Any) -> bool:
+    path, shape = entry["path"], entry["shape"]
+    return (
+        isinstance(path, list)
+        and all(type(k) in (str, int) for k in path)
+        and isinstance(entry["kind"], str)
+        and isinstance(entry["dtype"], str)
+        and isinstance(shape, list)
+        and all(type(n) is int and n >= 0 for n in shape)
+        and isinstance(entry["digest"], str)
+        and isinstance(entry.get("key_impl", ""), str)
+    )
+
+
+def check_index(index: Any, where: Any) -> dict[str, Any]:
+    """``index`` if it is an intact statetree index; else a CheckpointError."""
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise CheckpointError(
+            f"restore: the index at {where} is not a statetree index of format {FORMAT!r} "
+            f"(found {found!r}). It was written by another tool or another version of "
+            "statetree, or it is damaged; restore a checkpoint written by st.save."
+        )
+    body = {"values": index.get("values"), "aliases": index.get("aliases")}
+    if index.get("checksum") != _digest.index_checksum(body):
+        raise damaged(where, "its index does not match the checksum stored with it")
+    try:
+        ok = all(map(_valid_entry, index["values"])) and all(
+            isinstance(p, list) for g in index["aliases"] for p in g
+        )
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise damaged(where, "its index does not have the structure st.save writes")
+    return index
+
+
 def _read_index(final: pathlib.Path) -> dict[str, Any]:
     siblings = sorted(final.parent.glob(f".{final.name}{_TMP}*")) if final.parent.exists() else []
     olds = sorted(final.parent.glob(f".{final.name}{_OLD}*")) if final.parent.exists() else []
@@ -225,62 +322,114 @@ def _read_index(final: pathlib.Path) -> dict[str, Any]:
         raise CheckpointError(
             f"restore: {final} is not a complete statetree checkpoint: its index "
             f"{INDEX} cannot be read ({e}). st.save never leaves such a directory at the "
-            "path it was given; was it written by another tool or copied partially?"
+            "path it was given; was it written by another tool, copied partially, or "
+            "damaged?"
         ) from None
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise CheckpointError(
-            f"restore: {final / INDEX} is not a statetree index of format {FORMAT!r}."
-        )
-    return index
+    return check_index(index, final / INDEX)
 
 
-def _problems(index: dict[str, Any], live: State, tree: Any) -> list[Misfit]:
+def _problems(index: dict[str, Any], live: State, tree: Any) -> list[str]:
     """Every way the checkpoint and the live tree disagree (empty when they fit)."""
     saved = {tuple(e["path"]): e for e in index["values"]}
     problems = []
     for p, value in live.items():
         entry = saved.get(p)
         if entry is None:
-            problems.append(Misfit(p, "in the tree, not in the checkpoint"))
+            problems.append(f"  {format_path(p)}: in the tree, not in the checkpoint")
             continue
         kind = _kind(value)
         if entry["kind"] != kind:
-            problems.append(Misfit(p, f"checkpoint has a {entry['kind']}, tree a {kind}"))
+            problems.append(f"  {format_path(p)}: checkpoint has a {entry['kind']}, tree a {kind}")
         want = (entry["dtype"], tuple(entry["shape"]))
         have = (str(value.dtype), tuple(value.shape))
         if want != have:
             problems.append(
-                Misfit(
-                    p, f"checkpoint has {want[0]}{list(want[1])}, tree {have[0]}{list(have[1])}"
-                )
+                f"  {format_path(p)}: checkpoint has {want[0]}{list(want[1])}, "
+                f"tree {have[0]}{list(have[1])}"
             )
         if not (isinstance(value, Variable) and value.mutable) and kind != "Ref":
             problems.append(
-                Misfit(
-                    p,
-                    "the tree holds a frozen value here, which cannot be restored in place; "
-                    "make the tree mutable first: tree = st.mutable(tree)",
-                )
+                f"  {format_path(p)}: the tree holds a frozen value here, which cannot be "
+                "restored in place; make the tree mutable first: tree = st.mutable(tree)"
             )
     for p in saved.keys() - set(live.paths()):
-        problems.append(Misfit(p, "in the checkpoint, not in the tree"))
-    if isinstance(tree, State):
-        return problems  # a State holds each value once: there is no sharing to compare
+        problems.append(f"  {format_path(p)}: in the checkpoint, not in the tree")
     saved_groups = {tuple(map(tuple, g)) for g in index["aliases"]}
     live_groups = set(find_aliases(tree))
     for group in sorted(saved_groups ^ live_groups, key=repr):
         where = "checkpoint" if group in saved_groups else "tree"
-        detail = f"share one value in the {where} only"
-        problems.append(Misfit(group[0], detail, also=group[1:], sep=", "))
+        paths = ", ".join(map(format_path, group))
+        problems.append(f"  {paths}: share one value in the {where} only")
     return problems
 
 
-def _target(entry: dict[str, Any], value: Any) -> Any:
-    """What orbax should produce for ``entry``: the live value's shape, dtype, layout."""
-    current = value.value if isinstance(value, Variable) else _storage.read(value)
-    if "key_impl" in entry:
-        current = jax.random.key_data(current)
-    return jax.ShapeDtypeStruct(current.shape, current.dtype, sharding=current.sharding)
+def fit(index: dict[str, Any], tree: Any, where: Any) -> dict[str, Any]:
+    """What orbax should read for each stored value of ``index`` into ``tree``: the
+    live value's shape, dtype and layout. Raises StructureError (naming every
+    difference, nothing read) when the tree does not fit the checkpoint."""
+    refuse_inside_jit("restore")
+    live = _values(tree)
+    values = {}
+    for p, value in live.items():
+        values[p] = current = _read(value)
+        _refuse_traced("restore", p, current)
+    problems = _problems(index, live, tree)
+    if problems:
+        raise StructureError(
+            f"restore: the tree does not fit the checkpoint at {where}; nothing was "
+            f"restored. {len(problems)} difference(s):\n"
+            + "\n".join(problems)
+            + "\nRestore into a tree built the way the saved one was (same code, same "
+            "configuration), made mutable with st.mutable."
+        )
+    targets = {}
+    for i, entry in enumerate(index["values"]):
+        current = values[tuple(entry["path"])]
+        if "key_impl" in entry:
+            current = jax.random.key_data(current)
+        if current.size:
+            targets[str(i)] = jax.ShapeDtypeStruct(
+                current.shape, current.dtype, sharding=current.sharding
+            )
+    return targets
+
+
+def finish(index: dict[str, Any], arrays: dict[str, Any], tree: Any, where: Any) -> None:
+    """Verify the arrays read for ``index`` against its digests, then write them into
+    ``tree`` in place (all or nothing: a mismatch raises before the first write)."""
+    entries = index["values"]
+    stored = [i for i, e in enumerate(entries) if str(i) in arrays]
+    digests = _digest.digests([arrays[str(i)] for i in stored])
+    wrong = [
+        format_path(tuple(entries[i]["path"]))
+        for i, digest in zip(stored, digests, strict=True)
+        if digest != entries[i]["digest"]
+    ]
+    if wrong:
+        raise damaged(
+            where,
+            f"{len(wrong)} value(s) do not match the digest stored at save time: "
+            + ", ".join(wrong),
+        )
+    flat = {}
+    for i in stored:  # zero-size values hold nothing to write
+        array = arrays[str(i)]
+        if "key_impl" in entries[i]:
+            array = jax.random.wrap_key_data(array, impl=entries[i]["key_impl"])
+        flat[tuple(entries[i]["path"])] = array
+    _update(tree, State(flat))
+
+
+def read_arrays(ocp: Any, directory: pathlib.Path, targets: dict[str, Any], where: Any) -> Any:
+    """orbax's restore of ``targets`` from ``directory``; any failure to read them (a
+    missing or damaged file) is a CheckpointError naming the checkpoint."""
+    if not targets:
+        return {}
+    try:
+        return _checkpointer(ocp).restore(directory, args=ocp.args.StandardRestore(targets))
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise damaged(where, f"orbax cannot read its arrays ({type(e).__name__}: {reason})") from e
 
 
 def restore(path: PathLike, tree: Any) -> None:
@@ -290,8 +439,11 @@ def restore(path: PathLike, tree: Any) -> None:
     dtypes and shared Variables, each target writable in place. Any difference raises
     one error naming every offending path, and nothing is read or written. Each value is
     then read in the layout of the Variable that receives it (its ``.sharding``), so a
-    checkpoint saved on one device layout restores onto another, and written with
-    ``st.update``: everything holding the tree's Variables sees the restored values.
+    checkpoint saved on one device layout (or by another number of processes) restores
+    onto another; every value is checked against the digest stored at save time, and
+    only then are they all written with ``st.update``: everything holding the tree's
+    Variables sees the restored values. Under ``jax.distributed`` every process calls
+    ``restore``; each reads the shards it holds.
 
     Args:
       path: a directory written by :func:`save`.
@@ -299,9 +451,11 @@ def restore(path: PathLike, tree: Any) -> None:
         Variables (such as ``st.state(model, st.Param)`` when that State was saved).
 
     Raises:
-      CheckpointError: no complete checkpoint at ``path`` (never written, an unfinished
-        save's working directory, or an interrupted overwrite: the message says which).
+      CheckpointError: no complete, intact checkpoint at ``path``: never written, an
+        unfinished save's working directory, an interrupted overwrite, or damaged files
+        (a value whose digest does not match is named); the message says which.
       StructureError: the tree does not fit the checkpoint (every difference is named).
+      TypeError: called inside ``jax.jit`` (files cannot be part of a computation).
       ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
 
     Examples:
@@ -315,33 +469,9 @@ def restore(path: PathLike, tree: Any) -> None:
       (Array([1, 1], dtype=bfloat16), key<fry>)
     """
     ocp = _orbax()
+    refuse_inside_jit("restore")
     final = pathlib.Path(path).absolute()
     index = _read_index(final)
-    live = tree if isinstance(tree, State) else _state(tree)
-    problems = _problems(index, live, tree)
-    message = misfit_report(
-        f"restore: the tree does not fit the checkpoint at {final}; nothing was "
-        f"restored. {len(problems)} difference(s):",
-        [(None, problems)],
-        "Restore into a tree built the way the saved one was (same code, same "
-        "configuration), made mutable with st.mutable.",
-    )
-    if message:
-        raise StructureError(message)
-    values = dict(live.items())
-    entries = index["values"]
-    targets = {str(i): _target(e, values[tuple(e["path"])]) for i, e in enumerate(entries)}
-    arrays = _checkpointer(ocp).restore(final / ARRAYS, args=ocp.args.StandardRestore(targets))
-    flat = {}
-    for i, entry in enumerate(entries):
-        array = arrays[str(i)]
-        if "key_impl" in entry:
-            array = jax.random.wrap_key_data(array, impl=entry["key_impl"])
-        flat[tuple(entry["path"])] = array
-    if isinstance(tree, State):
-        plan = WritePlan("restore", exact=True)  # statetree's one write path
-        for p, value in live.items():
-            plan.add(value, flat[p], p)
-        plan.commit()
-    else:
-        _update(tree, State(flat))
+    targets = fit(index, tree, final)
+    arrays = read_arrays(ocp, final / ARRAYS, targets, final)
+    finish(index, arrays, tree, final)

@@ -1,0 +1,135 @@
+"""Checkpoint digests and the few cross-process steps a checkpoint needs.
+
+A value's digest must not depend on how the value was laid out when it was saved: a
+checkpoint written by N processes (each holding some shards) is verified by M processes
+holding other shards. So the digest is a **sum of position-keyed element hashes**: every
+machine word of the array is hashed together with its global position (splitmix64), and
+the hashes are added modulo 2**64. A sum does not care about order or grouping, so
+
+- each process hashes only the shards it holds (one replica of each: ``replica_id`` 0),
+- the per-process partial sums are added across processes (one ``process_allgather``),
+
+and the result is the same for any sharding and any number of processes. One flipped
+bit changes one word's hash completely; a swapped pair of elements changes two; so a
+damaged value is caught except with probability about 2**-64. (It detects damage, it is
+not a cryptographic signature.)
+
+Everything here runs on the host with NumPy, one block of about a million words at a
+time; the values are read from the devices once.
+"""
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["digests", "index_checksum", "is_primary", "barrier", "same_token"]
+
+_BLOCK = 1 << 20  # words hashed per NumPy step (bounds the temporary memory)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_WORDS = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _positions(
+    starts: tuple[int, ...], block: tuple[int, ...], shape: tuple[int, ...]
+) -> np.ndarray:
+    """The global flat position of each element of the block of size ``block`` at
+    ``starts`` in an array of ``shape`` (uint64, flat, in the block's C order)."""
+    out = np.zeros((), np.uint64)
+    stride = 1
+    strides = []
+    for n in reversed(shape):
+        strides.append(stride)
+        stride *= n
+    for axis, (start, size) in enumerate(zip(starts, block, strict=True)):
+        along = np.arange(start, start + size, dtype=np.uint64) * np.uint64(strides[-1 - axis])
+        out = out[..., None] + along.reshape((1,) * axis + (-1,))
+    return out.reshape(-1)
+
+
+def _partial(block: np.ndarray, starts: tuple[int, ...], shape: tuple[int, ...]) -> int:
+    """The digest's share of one block (at ``starts``) of an array of ``shape``: its
+    words' position-keyed hashes, summed modulo 2**64."""
+    if block.size == 0:
+        return 0
+    itemsize = block.dtype.itemsize
+    word = next(w for w in (8, 4, 2, 1) if itemsize % w == 0)
+    per = itemsize // word  # words per element (2 for complex128)
+    if block.ndim == 0:
+        block, starts, shape = block.reshape(1), (0,), (1,)
+    rows = max(1, _BLOCK // max(1, (block.size // block.shape[0]) * per))
+    total = np.uint64(0)
+    for r in range(0, block.shape[0], rows):
+        part = np.ascontiguousarray(block[r : r + rows])
+        words = part.view(_WORDS[word]).reshape(-1).astype(np.uint64)
+        at = (starts[0] + r, *starts[1:])
+        position = _positions(at, part.shape, shape).reshape(-1, 1) * np.uint64(per)
+        position = (position + np.arange(per, dtype=np.uint64)).reshape(-1)
+        hashed = _mix(words ^ _mix(position * _GOLDEN + np.uint64(1)))
+        total = total + np.sum(hashed, dtype=np.uint64)
+    return int(total)
+
+
+def _local(array: Any) -> int:
+    """This process's share of ``array``'s digest: one replica of each of its shards."""
+    if isinstance(array, np.ndarray):
+        return _partial(array, (0,) * array.ndim, array.shape)
+    total = 0
+    for shard in array.addressable_shards:
+        if shard.replica_id == 0:
+            starts = tuple(s.indices(n)[0] for s, n in zip(shard.index, array.shape, strict=True))
+            total += _partial(np.asarray(shard.data), starts, array.shape)
+    return total % (1 << 64)
+
+
+def digests(arrays: Sequence[Any]) -> list[str]:
+    """The digest of each array (NumPy or ``jax.Array``, sharded or not), the same
+    whatever the arrays' layouts and however many processes hold them. Every process
+    calls it with its view of the same global arrays."""
+    partial = np.array([_local(a) for a in arrays], dtype=np.uint64)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        gathered = multihost_utils.process_allgather(partial.view(np.uint32))
+        partial = np.sum(np.asarray(gathered, np.uint32).view(np.uint64), axis=0, dtype=np.uint64)
+    return [f"xsum64:{int(d):016x}" for d in partial]
+
+
+def index_checksum(body: dict[str, Any]) -> str:
+    """sha256 of an index's contents, written canonically (sorted keys, no spaces)."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ processes
+def is_primary() -> bool:
+    """Whether this process writes the files every process shares (process 0)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches ``name`` (nothing to wait for in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def same_token() -> str:
+    """A random token, the same on every process (process 0's, broadcast)."""
+    token = np.frombuffer(np.random.default_rng().bytes(8), np.uint32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        token = np.asarray(multihost_utils.broadcast_one_to_all(token), np.uint32)
+    return "".join(f"{int(t):08x}" for t in token)
