@@ -4,8 +4,10 @@ Multi-device layouts run in one subprocess (tests/multidevice/checkpoint_layouts
 the killed save in another (tests/multidevice/save_then_hang.py).
 """
 
+import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _subprocess import ROOT, SCRIPTS, child_command, child_env, run_script
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st_h
 
 import statetree as st
-from statetree import _checkpoint
+from statetree import _checkpoint, _digest
 
 
 def make_tree(seed: int = 0) -> dict:
@@ -237,3 +241,174 @@ def test_a_killed_save_never_restores(tmp_path: pathlib.Path) -> None:
     st.restore(tmp_path / "step_1", model)  # the previous good checkpoint still restores
     assert model["w"].value.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert int(model["step"].value) == 1
+
+
+# ---------------------------------------------------------------- checked checkpoints
+def small_tree(scale: float) -> dict:
+    return st.mutable(
+        {
+            "w": st.Param(jnp.arange(12.0).reshape(3, 4) * scale),
+            "b": st.BatchStat(jnp.arange(5, dtype=jnp.bfloat16) * scale),
+            "n": jnp.arange(4, dtype=jnp.int8),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def intact(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """One checkpoint of small_tree(1.0), and one of small_tree(2.0) beside it."""
+    directory = tmp_path_factory.mktemp("intact")
+    st.save(directory / "ckpt", small_tree(1.0))
+    st.save(directory / "other", small_tree(2.0))
+    return directory / "ckpt"
+
+
+def _edit_index(ckpt: pathlib.Path, change) -> None:
+    index = json.loads((ckpt / _checkpoint.INDEX).read_text())
+    change(index)
+    (ckpt / _checkpoint.INDEX).write_text(json.dumps(index))
+
+
+def _rechecksum(index: dict) -> None:
+    body = {"values": index["values"], "aliases": index["aliases"]}
+    index["checksum"] = _digest.index_checksum(body)
+
+
+def _truncate(file: pathlib.Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _swap_arrays(ckpt: pathlib.Path) -> None:  # same structure, another save's values
+    shutil.rmtree(ckpt / "arrays")
+    shutil.copytree(ckpt.parent.parent / "other" / "arrays", ckpt / "arrays")
+
+
+def _forge_value(index: dict) -> None:  # an entry edited and the checksum recomputed
+    index["values"][0]["digest"] = "xsum64:0000000000000001"
+    _rechecksum(index)
+
+
+def _drop_shape(index: dict) -> None:
+    del index["values"][1]["shape"]
+    _rechecksum(index)
+
+
+CORRUPTIONS = {
+    "index truncated": (lambda c: _truncate(c / "statetree.json"), "cannot be read"),
+    "index not JSON": (lambda c: (c / "statetree.json").write_text("{nope"), "cannot be read"),
+    "index not a dict": (lambda c: (c / "statetree.json").write_text("[]"), "not a statetree"),
+    "index missing": (lambda c: (c / "statetree.json").unlink(), "cannot be read"),
+    "index edited": (
+        lambda c: _edit_index(c, lambda i: i["values"][0].update(dtype="float16")),
+        "does not match the checksum",
+    ),
+    "index without checksum": (
+        lambda c: _edit_index(c, lambda i: i.pop("checksum")),
+        "does not match the checksum",
+    ),
+    "index wrong structure": (
+        lambda c: _edit_index(c, _drop_shape),
+        "does not have the structure",
+    ),
+    "digest forged": (
+        lambda c: _edit_index(c, _forge_value),
+        r"digest stored at save time: \['b'\]\.",
+    ),
+    "arrays missing": (lambda c: shutil.rmtree(c / "arrays"), "orbax cannot read"),
+    "orbax metadata garbled": (
+        lambda c: (c / "arrays" / "_METADATA").write_text("{]"),
+        "damaged",
+    ),
+    "manifest truncated": (lambda c: _truncate(c / "arrays" / "manifest.ocdbt"), "damaged"),
+    "data files missing": (
+        lambda c: [f.unlink() for f in (c / "arrays").rglob("d/*")],
+        "damaged",
+    ),
+    "arrays of another save": (_swap_arrays, r"do not match the digest.*\['w'\]"),
+}
+
+
+# orbax's readers leave tensorstore callbacks behind when a file cannot be read.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_every_damaged_checkpoint_is_a_checkpoint_error(
+    name: str, intact: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    damage, message = CORRUPTIONS[name]
+    ckpt = tmp_path / "copy" / "ckpt"
+    shutil.copytree(intact, ckpt)
+    shutil.copytree(intact.parent / "other", tmp_path / "other")
+    damage(ckpt)
+    live = small_tree(0.5)
+    before = raw_bytes(live)
+    with pytest.raises(st.CheckpointError, match=message):
+        st.restore(ckpt, live)
+    assert raw_bytes(live) == before
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st_h.data())
+def test_a_flipped_bit_anywhere_never_restores_silently(
+    data: st_h.DataObject, intact: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Flip one bit of any file of the checkpoint: the restore either raises
+    CheckpointError, leaving the tree as it was, or restores the saved values exactly
+    (a bit no reader looks at)."""
+    ckpt = tmp_path_factory.mktemp("flip") / "ckpt"
+    shutil.copytree(intact, ckpt)
+    files = sorted(p for p in ckpt.rglob("*") if p.is_file() and p.stat().st_size)
+    file = data.draw(st_h.sampled_from(files), label="file")
+    raw = bytearray(file.read_bytes())
+    bit = data.draw(st_h.integers(0, len(raw) * 8 - 1), label="bit")
+    raw[bit // 8] ^= 1 << (bit % 8)
+    file.write_bytes(bytes(raw))
+    live = small_tree(0.5)
+    before = raw_bytes(live)
+    try:
+        st.restore(ckpt, live)
+    except st.CheckpointError:
+        assert raw_bytes(live) == before
+    else:
+        assert raw_bytes(live) == raw_bytes(small_tree(1.0))
+
+
+def test_zero_size_values_save_and_restore(tmp_path: pathlib.Path) -> None:
+    tree = {
+        "empty": st.Param(jnp.zeros((0, 3))),
+        "keys": st.Cache(jax.random.split(jax.random.key(0), 0)),
+        "w": jnp.ones(2),
+    }
+    st.save(tmp_path / "c", st.mutable(tree))
+    live = st.mutable(
+        {
+            "empty": st.Param(jnp.zeros((0, 3))),
+            "keys": st.Cache(jax.random.split(jax.random.key(1), 0)),
+            "w": jnp.zeros(2),
+        }
+    )
+    st.restore(tmp_path / "c", live)
+    assert live["empty"].shape == (0, 3) and live["w"].value.tolist() == [1.0, 1.0]
+    st.save(tmp_path / "only_empty", st.mutable({"e": jnp.zeros(0, jnp.int8)}))
+    st.restore(tmp_path / "only_empty", st.mutable({"e": jnp.zeros(0, jnp.int8)}))
+    with pytest.raises(st.StructureError, match=r"checkpoint has int8\[0\], tree int8\[1\]"):
+        st.restore(tmp_path / "only_empty", st.mutable({"e": jnp.zeros(1, jnp.int8)}))
+
+
+def test_restore_inside_jit_says_why(tmp_path: pathlib.Path) -> None:
+    model = st.mutable({"w": jnp.ones(2)})
+    st.save(tmp_path / "c", model)
+
+    @jax.jit
+    def as_argument(model):
+        st.restore(tmp_path / "c", model)
+
+    @jax.jit
+    def closed_over(x):
+        st.restore(tmp_path / "c", model)
+        return x
+
+    for call in (lambda: as_argument(model), lambda: closed_over(1.0)):
+        with pytest.raises(TypeError, match=r"restore: called inside jax.jit.*outside"):
+            call()
+    assert model["w"].value.tolist() == [1.0, 1.0]
