@@ -24,6 +24,7 @@ from ._filters import Not as Not
 from ._filters import PathContains as PathContains
 from ._graph import GraphDef as GraphDef
 from ._graph import register_node as register_node
+from ._manager import CheckpointManager as CheckpointManager
 from ._optimizer import Optimizer as Optimizer
 from ._packed import Packed as Packed
 from ._split import merge as merge

@@ -240,8 +240,8 @@ def refuse_inside_jit(verb: str) -> None:
     """``save``/``restore`` touch files: refuse them while ``jax.jit`` traces."""
     if isinstance(jnp.zeros(()), jax.core.Tracer):
         raise TypeError(
-            f"{verb}: called inside jax.jit, while it traces a function. st.{verb} reads and writes "
-            "files, which cannot be part of a compiled computation (the function is "
+            f"{verb}: called inside jax.jit, while it traces a function. st.{verb} reads "
+            "and writes files, which cannot be part of a compiled computation (the function is "
             f"traced once; files are not values). Call st.{verb} outside the jitted "
             "function, on the live tree, before or after the step."
         )

@@ -1,0 +1,245 @@
+"""``st.CheckpointManager``: numbered checkpoints of a training job, on orbax's manager.
+
+orbax-checkpoint's ``CheckpointManager`` already does what a training job needs from
+its checkpoints: one directory per step, written atomically (a temporary directory
+renamed into place when complete), keep the last N or the best N by a metric, find the
+latest step, save asynchronously, coordinate the processes of a ``jax.distributed``
+job. This class hands it statetree trees: each step holds two orbax items,
+
+- ``arrays``: the values (``StandardSave``), one per distinct Variable, Ref or array;
+- ``index``: statetree's index (``JsonSave``): paths, kinds, dtypes, shapes, sharing,
+  and one digest per value,
+
+the same contents as an ``st.save`` directory, restored with the same checks (the tree
+must fit; every value's digest must match before the first write; then in place).
+
+Async saves: reading a mutable Variable gives a new buffer, so the arrays handed to
+orbax are the save's own snapshot; the next in-place training step (which donates the
+Variables' buffers) cannot touch them. The snapshot costs one device copy of the state,
+taken when ``save`` is called, and the host time to digest it.
+"""
+
+import os
+from typing import Any
+
+from . import _checkpoint as _ckpt
+
+__all__ = ["CheckpointManager"]
+
+
+class CheckpointManager:
+    """Numbered checkpoints of a training job's state, kept and found by step.
+
+    Built on orbax-checkpoint's ``CheckpointManager`` (one directory per step, written
+    atomically; keep the last ``max_to_keep``, or the best by a metric; async saves).
+    It holds statetree trees: ``save(step, tree)`` stores the tree's state as
+    ``st.save`` does (sharing, kinds, dtypes, a digest per value); ``restore(tree)``
+    writes the latest (or a given) step back into the live tree's Variables in place.
+    Under ``jax.distributed`` every process makes the manager and calls each method.
+
+    Args:
+      directory: where the step directories go (created if needed).
+      max_to_keep: keep at most this many steps (the newest, or with ``best_metric``
+        the best); None keeps all.
+      best_metric: the name of a metric given to ``save(..., metrics={...})``; steps
+        are then kept by it instead of by recency.
+      best_mode: ``"max"`` or ``"min"``: which end of ``best_metric`` is best.
+      save_interval_steps: ``save`` writes only steps divisible by it (``force=True``
+        writes any step).
+      async_save: ``save`` returns once the state is snapshotted and digested; the
+        files are written in the background (``wait_until_finished`` waits).
+
+    Raises:
+      ValueError: ``best_mode`` is not ``"max"`` or ``"min"``, or ``max_to_keep`` is
+        below 1.
+      ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
+
+    Examples:
+      >>> import tempfile, jax.numpy as jnp, statetree as st
+      >>> model = st.mutable({"w": st.Param(jnp.zeros(2))})
+      >>> with st.CheckpointManager(tempfile.mkdtemp(), max_to_keep=2) as manager:
+      ...     for step in range(4):
+      ...         model["w"][...] += 1.0
+      ...         _ = manager.save(step, model)
+      ...     manager.wait_until_finished()
+      ...     print(manager.all_steps(), manager.latest_step())
+      ...     model["w"][...] = 0.0
+      ...     print(manager.restore(model), model["w"][...])
+      [2, 3] 3
+      3 [4. 4.]
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_to_keep: int | None = None,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        save_interval_steps: int = 1,
+        async_save: bool = True,
+    ) -> None:
+        if best_mode not in ("max", "min"):
+            raise ValueError(
+                f"CheckpointManager(best_mode={best_mode!r}): best_mode says which end of "
+                "best_metric is best; pass 'max' (e.g. accuracy) or 'min' (e.g. loss)."
+            )
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(
+                f"CheckpointManager(max_to_keep={max_to_keep}): keep at least one step, "
+                "or pass None to keep them all."
+            )
+        ocp = _ckpt._orbax()
+        self._ocp = ocp
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.best_metric = best_metric
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            best_fn=None if best_metric is None else _Metric(best_metric),
+            best_mode=best_mode,
+            save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                "arrays": ocp.StandardCheckpointHandler(),
+                "index": ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    # ------------------------------------------------------------------ steps
+    def all_steps(self) -> list[int]:
+        """The steps saved (and not yet removed), oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest saved step, or None when there is none."""
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The step with the best ``best_metric`` (the latest without one)."""
+        return self._manager.best_step()
+
+    def should_save(self, step: int) -> bool:
+        """Whether ``save(step, ...)`` would write (``save_interval_steps``)."""
+        return bool(self._manager.should_save(step))
+
+    # ------------------------------------------------------------------ save
+    def save(
+        self,
+        step: int,
+        tree: Any,
+        *,
+        metrics: dict[str, float] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Save the state of ``tree`` as ``step``; return whether it was written.
+
+        With ``async_save`` (the default) this returns once the values are snapshotted
+        and digested; training may go on, in place, while the files are written.
+
+        Args:
+          step: the step number (larger than every saved step).
+          tree: a live tree, as for ``st.save``.
+          metrics: numbers about this step (e.g. ``{"loss": 0.12}``), used by
+            ``best_metric``.
+          force: write even when ``save_interval_steps`` would skip this step.
+
+        Raises:
+          TypeError: called inside ``jax.jit``, or a value is traced.
+          ValueError: ``best_metric`` is set and ``metrics`` lacks it.
+        """
+        _ckpt.refuse_inside_jit("save")
+        if not force and not self.should_save(step):
+            return False
+        if self.best_metric is not None and self.best_metric not in (metrics or {}):
+            raise ValueError(
+                f"CheckpointManager.save(step={step}): the manager keeps the best steps "
+                f"by {self.best_metric!r}, which metrics does not hold ({metrics!r}). Pass "
+                f"metrics={{{self.best_metric!r}: value}}."
+            )
+        index, stored = _ckpt.prepare(tree)
+        ocp = self._ocp
+        args = ocp.args.Composite(
+            arrays=ocp.args.StandardSave(stored), index=ocp.args.JsonSave(index)
+        )
+        return bool(self._manager.save(step, args=args, metrics=metrics, force=force))
+
+    def wait_until_finished(self) -> None:
+        """Wait until every save started so far is on disk."""
+        self._manager.wait_until_finished()
+
+    # ------------------------------------------------------------------ restore
+    def restore(self, tree: Any, step: int | None = None) -> int:
+        """Restore ``step`` (default: the latest) into ``tree``'s Variables, in place,
+        with ``st.restore``'s checks; return the step restored.
+
+        Raises:
+          CheckpointError: no step saved (or not ``step``), or its files are damaged.
+          StructureError: the tree does not fit the checkpoint (every difference named).
+          TypeError: called inside ``jax.jit``.
+        """
+        _ckpt.refuse_inside_jit("restore")
+        self.wait_until_finished()
+        steps = self.all_steps()
+        if step is None:
+            step = self.latest_step()
+        if step is None or step not in steps:
+            raise _ckpt.CheckpointError(
+                f"CheckpointManager.restore: no step {'' if step is None else step} in "
+                f"{self.directory} (saved steps: {steps or 'none'}). Start from scratch "
+                "when latest_step() is None; otherwise restore one of the saved steps."
+            )
+        where = os.path.join(self.directory, str(step))
+        ocp = self._ocp
+        try:
+            args = ocp.args.Composite(index=ocp.args.JsonRestore())
+            index = self._manager.restore(step, args=args)["index"]
+        except Exception as e:
+            raise _ckpt.damaged(where, f"its index cannot be read ({type(e).__name__})") from e
+        _ckpt.check_index(index, where)
+        targets = _ckpt.fit(index, tree, where)
+        arrays: Any = {}
+        if targets:
+            try:
+                arrays = self._manager.restore(
+                    step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(targets))
+                )["arrays"]
+            except Exception as e:
+                reason = (str(e).strip().splitlines() or [""])[0][:300]
+                raise _ckpt.damaged(
+                    where, f"orbax cannot read its arrays ({type(e).__name__}: {reason})"
+                ) from e
+        _ckpt.finish(index, arrays, tree, where)
+        return step
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Wait for pending saves and release orbax's resources."""
+        self._manager.close()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"CheckpointManager({self.directory!r}, steps={self.all_steps()})"
+
+
+class _Metric:
+    """orbax's ``best_fn``: one named metric (a class, so the manager stays picklable
+    and its repr names the metric)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, metrics: dict[str, Any]) -> float:
+        return float(metrics[self.name])
+
+    def __repr__(self) -> str:
+        return f"metric {self.name!r}"
