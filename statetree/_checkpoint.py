@@ -29,45 +29,28 @@ import os
 import pathlib
 import shutil
 import uuid
-from typing import Any, cast
+from typing import Any
 
-import jax
-import jax.numpy as jnp
-
-from . import _digest, _storage
-from ._aliases import find_aliases
-from ._errors import StateTreeError, StructureError, format_path
-from ._split import state as _state
-from ._split import update as _update
-from ._state import State
-from ._variables import Variable
+from . import _digest
+from ._ckpt_index import (
+    CheckpointError,
+    _orbax,
+    check_index,
+    damaged,
+    finish,
+    fit,
+    prepare,
+    refuse_inside_jit,
+)
 
 __all__ = ["save", "restore", "CheckpointError"]
 
 INDEX = "statetree.json"
 ARRAYS = "arrays"
-FORMAT = "statetree-checkpoint/2"
 _TMP = ".statetree-tmp-"  # hidden sibling `.NAME.statetree-tmp-XXXX` of a save in progress
 _OLD = ".statetree-old-"  # the previous checkpoint while `overwrite=True` swaps it out
 
 PathLike = str | os.PathLike[str]
-
-
-class CheckpointError(StateTreeError, OSError):
-    """A path that holds no complete, intact statetree checkpoint (missing, unfinished,
-    damaged: its digests do not match), or one ``save`` would replace."""
-
-
-def _orbax() -> Any:
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError as e:
-        raise ImportError(
-            "statetree checkpoints are written with orbax-checkpoint, an optional extra "
-            "that is not installed. Install it with: pip install 'statetree[checkpoint]' "
-            f"(or pip install orbax-checkpoint). The import failed with: {e}"
-        ) from e
-    return ocp
 
 
 def _checkpointer(ocp: Any) -> Any:
@@ -75,74 +58,7 @@ def _checkpointer(ocp: Any) -> Any:
     return ocp.Checkpointer(ocp.StandardCheckpointHandler())
 
 
-def _values(tree: Any) -> State:
-    """The tree's values keyed by path (a State is a tree: its own values)."""
-    return cast(State, _state(tree))
-
-
 # ---------------------------------------------------------------------------- save
-def _kind(value: Any) -> str:
-    if isinstance(value, Variable):
-        return type(value).__name__
-    return "Ref" if _storage.is_storage(value) else "array"
-
-
-def _read(value: Any) -> Any:
-    return value.value if isinstance(value, Variable) else _storage.read(value)
-
-
-def _refuse_traced(verb: str, path: Any, array: Any) -> None:
-    if isinstance(array, jax.core.Tracer):
-        raise TypeError(
-            f"{verb}: the value at {format_path(path)} is traced: st.{verb} reads and "
-            "writes files, which cannot happen inside jax.jit or another transform (the "
-            "function is traced once and compiled; files are not part of a computation). "
-            f"Call st.{verb} outside, on the live tree, before or after the jitted step."
-        )
-
-
-def _entry(path: Any, value: Any) -> tuple[dict[str, Any], Any]:
-    """The index entry of one value, and the array orbax stores for it."""
-    if not all(type(k) in (str, int) for k in path):
-        raise TypeError(
-            f"save: the path {format_path(path)} has keys other than str and int "
-            f"({path!r}), which the checkpoint index cannot record. Hold the value "
-            "under dict keys, attributes or sequence indices."
-        )
-    array = _read(value)
-    _refuse_traced("save", path, array)
-    entry = {
-        "path": list(path),
-        "kind": _kind(value),
-        "dtype": str(array.dtype),
-        "shape": list(array.shape),
-    }
-    if jnp.issubdtype(array.dtype, jax.dtypes.prng_key):
-        # orbax stores numbers: keep the raw key data and the implementation's name.
-        entry["key_impl"] = str(jax.random.key_impl(array))
-        array = jax.random.key_data(array)
-    return entry, array
-
-
-def prepare(tree: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The index of ``tree``'s state (paths, kinds, dtypes, shapes, digests, sharing)
-    and the arrays orbax stores, keyed by their position in the index. Zero-size arrays
-    are recorded in the index only (orbax refuses them; they hold no data). Every
-    process of a multi-process job calls it (the digests are summed across processes).
-    """
-    entries, arrays = [], []
-    for p, value in _values(tree).items():
-        entry, array = _entry(p, value)
-        entries.append(entry)
-        arrays.append(array)
-    for entry, digest in zip(entries, _digest.digests(arrays), strict=True):
-        entry["digest"] = digest
-    body = {"values": entries, "aliases": [list(map(list, g)) for g in find_aliases(tree)]}
-    index = {"format": FORMAT, **body, "checksum": _digest.index_checksum(body)}
-    stored = {str(i): a for i, a in enumerate(arrays) if a.size}
-    return index, stored
-
-
 def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
     """Save the state of ``tree`` to the directory ``path`` (orbax-checkpoint).
 
@@ -236,62 +152,6 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 
 # ---------------------------------------------------------------------------- restore
-def refuse_inside_jit(verb: str) -> None:
-    """``save``/``restore`` touch files: refuse them while ``jax.jit`` traces."""
-    if isinstance(jnp.zeros(()), jax.core.Tracer):
-        raise TypeError(
-            f"{verb}: called inside jax.jit, while it traces a function. st.{verb} reads "
-            "and writes files, which cannot be part of a compiled computation (the function is "
-            f"traced once; files are not values). Call st.{verb} outside the jitted "
-            "function, on the live tree, before or after the step."
-        )
-
-
-def damaged(where: Any, why: str) -> CheckpointError:
-    return CheckpointError(
-        f"restore: the checkpoint at {where} is damaged: {why}. Nothing was restored. "
-        "st.save never leaves such a checkpoint at its path: the files were changed or "
-        "truncated afterwards (disk, copy, edit). Restore an earlier checkpoint."
-    )
-
-
-def _valid_entry(entry: Any) -> bool:
-    path, shape = entry["path"], entry["shape"]
-    return (
-        isinstance(path, list)
-        and all(type(k) in (str, int) for k in path)
-        and isinstance(entry["kind"], str)
-        and isinstance(entry["dtype"], str)
-        and isinstance(shape, list)
-        and all(type(n) is int and n >= 0 for n in shape)
-        and isinstance(entry["digest"], str)
-        and isinstance(entry.get("key_impl", ""), str)
-    )
-
-
-def check_index(index: Any, where: Any) -> dict[str, Any]:
-    """``index`` if it is an intact statetree index; else a CheckpointError."""
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        found = index.get("format") if isinstance(index, dict) else type(index).__name__
-        raise CheckpointError(
-            f"restore: the index at {where} is not a statetree index of format {FORMAT!r} "
-            f"(found {found!r}). It was written by another tool or another version of "
-            "statetree, or it is damaged; restore a checkpoint written by st.save."
-        )
-    body = {"values": index.get("values"), "aliases": index.get("aliases")}
-    if index.get("checksum") != _digest.index_checksum(body):
-        raise damaged(where, "its index does not match the checksum stored with it")
-    try:
-        ok = all(map(_valid_entry, index["values"])) and all(
-            isinstance(p, list) for g in index["aliases"] for p in g
-        )
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise damaged(where, "its index does not have the structure st.save writes")
-    return index
-
-
 def _read_index(final: pathlib.Path) -> dict[str, Any]:
     siblings = sorted(final.parent.glob(f".{final.name}{_TMP}*")) if final.parent.exists() else []
     olds = sorted(final.parent.glob(f".{final.name}{_OLD}*")) if final.parent.exists() else []
@@ -326,98 +186,6 @@ def _read_index(final: pathlib.Path) -> dict[str, Any]:
             "damaged?"
         ) from None
     return check_index(index, final / INDEX)
-
-
-def _problems(index: dict[str, Any], live: State, tree: Any) -> list[str]:
-    """Every way the checkpoint and the live tree disagree (empty when they fit)."""
-    saved = {tuple(e["path"]): e for e in index["values"]}
-    problems = []
-    for p, value in live.items():
-        entry = saved.get(p)
-        if entry is None:
-            problems.append(f"  {format_path(p)}: in the tree, not in the checkpoint")
-            continue
-        kind = _kind(value)
-        if entry["kind"] != kind:
-            problems.append(f"  {format_path(p)}: checkpoint has a {entry['kind']}, tree a {kind}")
-        want = (entry["dtype"], tuple(entry["shape"]))
-        have = (str(value.dtype), tuple(value.shape))
-        if want != have:
-            problems.append(
-                f"  {format_path(p)}: checkpoint has {want[0]}{list(want[1])}, "
-                f"tree {have[0]}{list(have[1])}"
-            )
-        if not (isinstance(value, Variable) and value.mutable) and kind != "Ref":
-            problems.append(
-                f"  {format_path(p)}: the tree holds a frozen value here, which cannot be "
-                "restored in place; make the tree mutable first: tree = st.mutable(tree)"
-            )
-    for p in saved.keys() - set(live.paths()):
-        problems.append(f"  {format_path(p)}: in the checkpoint, not in the tree")
-    saved_groups = {tuple(map(tuple, g)) for g in index["aliases"]}
-    live_groups = set(find_aliases(tree))
-    for group in sorted(saved_groups ^ live_groups, key=repr):
-        where = "checkpoint" if group in saved_groups else "tree"
-        paths = ", ".join(map(format_path, group))
-        problems.append(f"  {paths}: share one value in the {where} only")
-    return problems
-
-
-def fit(index: dict[str, Any], tree: Any, where: Any) -> dict[str, Any]:
-    """What orbax should read for each stored value of ``index`` into ``tree``: the
-    live value's shape, dtype and layout. Raises StructureError (naming every
-    difference, nothing read) when the tree does not fit the checkpoint."""
-    refuse_inside_jit("restore")
-    live = _values(tree)
-    values = {}
-    for p, value in live.items():
-        values[p] = current = _read(value)
-        _refuse_traced("restore", p, current)
-    problems = _problems(index, live, tree)
-    if problems:
-        raise StructureError(
-            f"restore: the tree does not fit the checkpoint at {where}; nothing was "
-            f"restored. {len(problems)} difference(s):\n"
-            + "\n".join(problems)
-            + "\nRestore into a tree built the way the saved one was (same code, same "
-            "configuration), made mutable with st.mutable."
-        )
-    targets = {}
-    for i, entry in enumerate(index["values"]):
-        current = values[tuple(entry["path"])]
-        if "key_impl" in entry:
-            current = jax.random.key_data(current)
-        if current.size:
-            targets[str(i)] = jax.ShapeDtypeStruct(
-                current.shape, current.dtype, sharding=current.sharding
-            )
-    return targets
-
-
-def finish(index: dict[str, Any], arrays: dict[str, Any], tree: Any, where: Any) -> None:
-    """Verify the arrays read for ``index`` against its digests, then write them into
-    ``tree`` in place (all or nothing: a mismatch raises before the first write)."""
-    entries = index["values"]
-    stored = [i for i, e in enumerate(entries) if str(i) in arrays]
-    digests = _digest.digests([arrays[str(i)] for i in stored])
-    wrong = [
-        format_path(tuple(entries[i]["path"]))
-        for i, digest in zip(stored, digests, strict=True)
-        if digest != entries[i]["digest"]
-    ]
-    if wrong:
-        raise damaged(
-            where,
-            f"{len(wrong)} value(s) do not match the digest stored at save time: "
-            + ", ".join(wrong),
-        )
-    flat = {}
-    for i in stored:  # zero-size values hold nothing to write
-        array = arrays[str(i)]
-        if "key_impl" in entries[i]:
-            array = jax.random.wrap_key_data(array, impl=entries[i]["key_impl"])
-        flat[tuple(entries[i]["path"])] = array
-    _update(tree, State(flat))
 
 
 def read_arrays(ocp: Any, directory: pathlib.Path, targets: dict[str, Any], where: Any) -> Any:

@@ -26,18 +26,26 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["digests", "index_checksum", "is_primary", "barrier", "same_token"]
+__all__ = ["digests", "packed_digests", "index_checksum", "is_primary", "barrier", "same_token"]
 
 _BLOCK = 1 << 20  # words hashed per NumPy step (bounds the temporary memory)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_SALT = np.uint64(0x5851F42D4C957F2D)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
 _WORDS = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+def _hash(words: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Each word hashed with its position (uint64 in, uint64 out, wrapping arithmetic).
+    For a fixed position the map is a bijection (xor, odd multiplications, xor-shifts),
+    so changing any one word always changes the sum."""
+    x = words ^ (positions * _GOLDEN + _SALT)
+    x *= _M1
+    x ^= x >> np.uint64(31)
+    x *= _M2
+    x ^= x >> np.uint64(29)
+    return x
 
 
 def _positions(
@@ -75,8 +83,7 @@ def _partial(block: np.ndarray, starts: tuple[int, ...], shape: tuple[int, ...])
         at = (starts[0] + r, *starts[1:])
         position = _positions(at, part.shape, shape).reshape(-1, 1) * np.uint64(per)
         position = (position + np.arange(per, dtype=np.uint64)).reshape(-1)
-        hashed = _mix(words ^ _mix(position * _GOLDEN + np.uint64(1)))
-        total = total + np.sum(hashed, dtype=np.uint64)
+        total = total + np.sum(_hash(words, position), dtype=np.uint64)
     return int(total)
 
 
@@ -102,7 +109,34 @@ def digests(arrays: Sequence[Any]) -> list[str]:
 
         gathered = multihost_utils.process_allgather(partial.view(np.uint32))
         partial = np.sum(np.asarray(gathered, np.uint32).view(np.uint64), axis=0, dtype=np.uint64)
-    return [f"xsum64:{int(d):016x}" for d in partial]
+    return [_format(int(d)) for d in partial]
+
+
+def packed_digests(buffer: np.ndarray, sizes: Sequence[int]) -> list[str]:
+    """The digests of the values laid end to end in the flat host ``buffer`` (``sizes``
+    elements each): the same numbers ``digests`` gives for each value on its own, in a
+    few NumPy passes for any number of values. No other process is asked: the buffer
+    holds whole values."""
+    sizes_arr = np.asarray(sizes, dtype=np.int64)
+    if buffer.size == 0:
+        return [_format(0) for _ in sizes]
+    itemsize = buffer.dtype.itemsize
+    word = next(w for w in (8, 4, 2, 1) if itemsize % w == 0)
+    per = itemsize // word
+    words = np.ascontiguousarray(buffer).view(_WORDS[word]).reshape(-1).astype(np.uint64)
+    starts = np.concatenate([[0], np.cumsum(sizes_arr)[:-1]])
+    elements = np.arange(buffer.size, dtype=np.int64) - np.repeat(starts, sizes_arr)
+    position = elements.astype(np.uint64).reshape(-1, 1) * np.uint64(per)
+    position = (position + np.arange(per, dtype=np.uint64)).reshape(-1)
+    hashed = _hash(words, position)
+    sums = np.zeros(len(sizes), np.uint64)
+    nonempty = sizes_arr > 0
+    sums[nonempty] = np.add.reduceat(hashed, (starts * per)[nonempty], dtype=np.uint64)
+    return [_format(int(d)) for d in sums]
+
+
+def _format(digest: int) -> str:
+    return f"xsum64:{digest:016x}"
 
 
 def index_checksum(body: dict[str, Any]) -> str:

@@ -245,11 +245,13 @@ def test_a_killed_save_never_restores(tmp_path: pathlib.Path) -> None:
 
 # ---------------------------------------------------------------- checked checkpoints
 def small_tree(scale: float) -> dict:
+    """Small values (stored in one buffer per dtype) and one stored on its own."""
     return st.mutable(
         {
             "w": st.Param(jnp.arange(12.0).reshape(3, 4) * scale),
             "b": st.BatchStat(jnp.arange(5, dtype=jnp.bfloat16) * scale),
             "n": jnp.arange(4, dtype=jnp.int8),
+            "big": st.Param(jnp.arange(128 * 160.0).reshape(128, 160) * scale),  # 80 KiB
         }
     )
 
