@@ -38,7 +38,7 @@ def test_two_processes_train_and_checkpoint_like_one(tmp_path: pathlib.Path) -> 
         pair.stop()
         single.stop()
     for out in pair.outputs():
-        assert "pair: checks passed" in out, out
+        assert "pair: checks passed" in out and "multi-process.md ran" in out, out
     assert "packed checkpoint of the single side restored" in pair.output(1)
 
     one, two = np.load(tmp_path / "single.npz"), np.load(tmp_path / "pair.npz")

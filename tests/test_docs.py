@@ -20,7 +20,8 @@ import statetree
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Pages that need several devices run in a subprocess from their own module's tests
 # (tests/_subprocess.py), through `run_page` below; this process has one CPU device.
-SUBPROCESS_PAGES = {ROOT / "docs" / "sharding.md"}
+# docs/multi-process.md runs as a 2-process job in tests/test_distributed.py.
+SUBPROCESS_PAGES = {ROOT / "docs" / "sharding.md", ROOT / "docs" / "multi-process.md"}
 ALL_PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
 PAGES = [p for p in ALL_PAGES if p not in SUBPROCESS_PAGES]
 

@@ -9,8 +9,8 @@ test to compare step for step. Checkpoints cross over: each side saves DIR/<role
 (every process calls st.save), waits for the other side's (a checkpoint appears whole
 or not at all, so its existence is the signal) and restores it into its live sharded
 Variables in place, checking every shard bit for bit against DIR/<other>_final.npz.
-The job then starts one more save, and process 0 stops just before committing it,
-creating DIR/killme: the test kills both processes there.
+The job then runs docs/multi-process.md and starts one more save, and process 0 stops
+just before committing it, creating DIR/killme: the test kills both processes there.
 """
 
 import os
@@ -145,6 +145,13 @@ if jax.process_index() == 0:
 print(f"{role}: checks passed", flush=True)
 
 if role == "pair":
+    # The multi-process page runs in this job as a user runs it (both processes).
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from _pages import run_page
+
+    run_page(pathlib.Path(__file__).resolve().parents[2] / "docs" / "multi-process.md")
+    print("pair: multi-process.md ran", flush=True)
+
     # One more save; process 0 stops right before its commit (every shard written).
     def hang(tmp: pathlib.Path, final: pathlib.Path) -> None:
         (directory / "killme").touch()
