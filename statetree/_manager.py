@@ -20,6 +20,7 @@ taken when ``save`` is called, and the host time to digest it.
 """
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from . import _checkpoint as _ckpt
@@ -133,7 +134,7 @@ class CheckpointManager:
         step: int,
         tree: Any,
         *,
-        metrics: dict[str, float] | None = None,
+        metrics: Mapping[str, Any] | None = None,
         force: bool = False,
     ) -> bool:
         """Save the state of ``tree`` as ``step``; return whether it was written.
@@ -238,7 +239,7 @@ class _Metric:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __call__(self, metrics: dict[str, Any]) -> float:
+    def __call__(self, metrics: Mapping[str, Any]) -> float:
         return float(metrics[self.name])
 
     def __repr__(self) -> str:
