@@ -17,7 +17,7 @@ write.
 """
 
 from collections import defaultdict
-from typing import Any, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _digest, _storage
 from ._aliases import find_aliases
-from ._errors import StateTreeError, StructureError, format_path
+from ._errors import Misfit, StateTreeError, StructureError, format_path, misfit_report
 from ._split import state as _state
 from ._split import update as _update
 from ._state import State
@@ -56,7 +56,7 @@ def _orbax() -> Any:
 
 def _values(tree: Any) -> State:
     """The tree's values keyed by path (a State is a tree: its own values)."""
-    return cast(State, _state(tree))
+    return _state(tree)
 
 
 # ---------------------------------------------------------------------------- save
@@ -221,38 +221,42 @@ def check_index(index: Any, where: Any) -> dict[str, Any]:
     return index
 
 
-def _problems(index: dict[str, Any], live: State, tree: Any) -> list[str]:
+def _problems(index: dict[str, Any], live: State, tree: Any) -> list[Misfit]:
     """Every way the checkpoint and the live tree disagree (empty when they fit)."""
     saved = {tuple(e["path"]): e for e in index["values"]}
     problems = []
     for p, value in live.items():
         entry = saved.get(p)
         if entry is None:
-            problems.append(f"  {format_path(p)}: in the tree, not in the checkpoint")
+            problems.append(Misfit(p, "in the tree, not in the checkpoint"))
             continue
         kind = _kind(value)
         if entry["kind"] != kind:
-            problems.append(f"  {format_path(p)}: checkpoint has a {entry['kind']}, tree a {kind}")
+            problems.append(Misfit(p, f"checkpoint has a {entry['kind']}, tree a {kind}"))
         want = (entry["dtype"], tuple(entry["shape"]))
         have = (str(value.dtype), tuple(value.shape))
         if want != have:
             problems.append(
-                f"  {format_path(p)}: checkpoint has {want[0]}{list(want[1])}, "
-                f"tree {have[0]}{list(have[1])}"
+                Misfit(
+                    p, f"checkpoint has {want[0]}{list(want[1])}, tree {have[0]}{list(have[1])}"
+                )
             )
         if not (isinstance(value, Variable) and value.mutable) and kind != "Ref":
             problems.append(
-                f"  {format_path(p)}: the tree holds a frozen value here, which cannot be "
-                "restored in place; make the tree mutable first: tree = st.mutable(tree)"
+                Misfit(
+                    p,
+                    "the tree holds a frozen value here, which cannot be restored in place; "
+                    "make the tree mutable first: tree = st.mutable(tree)",
+                )
             )
     for p in saved.keys() - set(live.paths()):
-        problems.append(f"  {format_path(p)}: in the checkpoint, not in the tree")
+        problems.append(Misfit(p, "in the checkpoint, not in the tree"))
     saved_groups = {tuple(map(tuple, g)) for g in index["aliases"]}
     live_groups = set(find_aliases(tree))
     for group in sorted(saved_groups ^ live_groups, key=repr):
         where = "checkpoint" if group in saved_groups else "tree"
-        paths = ", ".join(map(format_path, group))
-        problems.append(f"  {paths}: share one value in the {where} only")
+        detail = f"share one value in the {where} only"
+        problems.append(Misfit(group[0], detail, also=group[1:], sep=", "))
     return problems
 
 
@@ -267,14 +271,15 @@ def fit(index: dict[str, Any], tree: Any, where: Any) -> dict[str, Any]:
         values[p] = value
         _refuse_traced("restore", p, value._raw if isinstance(value, Variable) else value)
     problems = _problems(index, live, tree)
-    if problems:
-        raise StructureError(
-            f"restore: the tree does not fit the checkpoint at {where}; nothing was "
-            f"restored. {len(problems)} difference(s):\n"
-            + "\n".join(problems)
-            + "\nRestore into a tree built the way the saved one was (same code, same "
-            "configuration), made mutable with st.mutable."
-        )
+    message = misfit_report(
+        f"restore: the tree does not fit the checkpoint at {where}; nothing was "
+        f"restored. {len(problems)} difference(s):",
+        [(None, problems)],
+        "Restore into a tree built the way the saved one was (same code, same "
+        "configuration), made mutable with st.mutable.",
+    )
+    if message:
+        raise StructureError(message)
     targets: dict[str, Any] = {}
     sizes: dict[str, int] = defaultdict(int)
     for i, entry in enumerate(index["values"]):
