@@ -23,6 +23,7 @@ Inside ``jax.vmap`` JAX refuses writes into refs that are not mapped (the state 
 the function on a snapshot and commits the state it returns after the ``vmap``.
 """
 
+import contextvars
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -43,7 +44,21 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
         "extra: pip install 'statetree[equinox]' (the statetree core works without it)."
     ) from e
 
-__all__ = ["mutable", "freeze", "in_place", "MutableState"]
+__all__ = [
+    "mutable",
+    "freeze",
+    "in_place",
+    "MutableState",
+    "tree_serialise_leaves",
+    "tree_deserialise_leaves",
+]
+
+# The tracers of jax.vmap: a converted model called under vmap returns no refs (see
+# `_calling`). Private in JAX; without it the eval idiom meets JAX's own error.
+try:
+    from jax._src.interpreters.batching import BatchTracer as _BatchTracer
+except ImportError:  # pragma: no cover - private names moved
+    _BatchTracer = None
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic)
 
@@ -68,13 +83,34 @@ class MutableState(eqx.nn.State):
     functionally instead: ``set`` returns a new ``MutableState``, as Equinox does.
     """
 
+    def get(self, item: eqx.nn.StateIndex) -> Any:
+        """The entry's current values as arrays, as ``eqx.nn.State.get`` gives them, so
+        layers written Equinox's way (``cache.at[i].set(...)``, ``jax.lax`` calls) run
+        unchanged. The Variables themselves are ``st.state(state)``'s values."""
+        return st.unbox(super().get(item))
+
     def set(self, item: eqx.nn.StateIndex, value: Any) -> "MutableState":
-        old = self.get(item)
-        pairs = _pairs(old, value, f"MutableState.set({item.marker!r}, value)")
+        old = super().get(item)
+        where = f"MutableState.set({item.marker!r}, value)"
+        pairs = _pairs(old, value, where)
         if all(t.mutable for t, _ in pairs):
-            _write(pairs)
+            # One all-or-nothing write: st.update checks every leaf (kind, shape, dtype)
+            # before it writes any, as Equinox's State.set refuses before changing anything.
+            sub = st.state(old)
+            assert isinstance(sub, st.State)
+            news = st.State(
+                {(item.marker, *p): x for p, (_, x) in zip(sub.paths(), pairs, strict=True)}
+            )
+            _update(self, news, where)
             return self
         # Frozen Variables: the functional update Equinox does, minus the invalidation.
+        for target, leaf in pairs:
+            if target.dtype != leaf.dtype:
+                raise st.VariableWriteError(
+                    f"{where}: a value of dtype {leaf.dtype} cannot replace the state's "
+                    f"{target.dtype}. State entries keep their dtypes (as in Equinox); "
+                    f"cast it first: value.astype({target.dtype})."
+                )
         replaced = jtu.tree_unflatten(
             jtu.tree_structure(old, is_leaf=_is_variable),
             [type(t)(x, mutable=False) for t, x in pairs],
@@ -97,12 +133,14 @@ class MutableState(eqx.nn.State):
                 "Pass a state made with state.substate(...) of this one."
             )
         # Check every entry before writing any: a bad substate changes nothing.
-        pairs = [
-            pair
-            for key, value in zip(keys, values, strict=True)
-            for pair in _pairs(mine[key], st.unbox(value), f"MutableState.update: {key!r}")
-        ]
-        _write(pairs)
+        flat: dict[tuple[Any, ...], Any] = {}
+        for key, value in zip(keys, values, strict=True):
+            pairs = _pairs(mine[key], st.unbox(value), f"MutableState.update: {key!r}")
+            sub = st.state(mine[key])
+            assert isinstance(sub, st.State)
+            for p, (_, x) in zip(sub.paths(), pairs, strict=True):
+                flat[(key, *p)] = x
+        _update(self, st.State(flat), "MutableState.update(substate)")
         return self
 
     def _entries(self) -> dict[Any, Any]:
@@ -133,23 +171,24 @@ def _is_variable(x: Any) -> bool:
     return isinstance(x, st.Variable)
 
 
-def _write(pairs: list[tuple[st.Variable, Any]]) -> None:
-    """Write each value into its Variable through statetree's one write path: all
-    checked, then all written (NumPy's casting rules, as for ``v[...] = x``)."""
-    targets = [target for target, _ in pairs]
-    values = st.State({(i,): value for i, (_, value) in enumerate(pairs)})
+_VMAP_WRITE = (
+    "An Equinox stateful layer wrote its new state inside jax.vmap, but the state's refs "
+    "are not mapped (in_axes=None), and JAX refuses every write into an unmapped ref "
+    "inside vmap (even of a value that is the same for the whole batch). Wrap the vmapped "
+    "call so the state is committed after the vmap returns: "
+    "statetree.adapters.equinox.in_place(jax.vmap(model, ...))(x, state)."
+)
+
+
+def _update(state: Any, news: st.State, where: str) -> None:
     try:
-        st.update(targets, values, exact=False)
+        st.update(state, news)
+    except st.StructureError as e:
+        raise st.StructureError(f"{where}: nothing was written.\n{e}") from None
     except Exception as e:
         if "unbatched array reference" not in str(e):
             raise
-        raise st.VariableWriteError(
-            "An Equinox stateful layer wrote its new state inside jax.vmap, but the "
-            "state's refs are not mapped (in_axes=None) and JAX refuses writes of batched "
-            "values into unmapped refs. Wrap the vmapped call so the state is committed "
-            "after the vmap: statetree.adapters.equinox.in_place(jax.vmap(model, ...))"
-            "(x, state)."
-        ) from None
+        raise st.VariableWriteError(_VMAP_WRITE) from None
 
 
 def _state_with_keys(s: MutableState) -> tuple[list[tuple[Any, Any]], Any]:
@@ -169,16 +208,130 @@ jtu.register_pytree_with_keys(
 )
 
 
+# ----------------------------------------------------------------------------- flags
+class _Flag(int):
+    """A module's boolean field (``inference``, ``use_bias``, ...) in a converted model.
+
+    ``jax.jit`` cannot take a Python bool as a leaf (it would trace it, and ``if
+    self.inference:`` would fail), yet ``eqx.tree_at`` and ``eqx.nn.inference_mode``
+    replace the field as a node of the tree. A ``_Flag`` is a pytree node with no children
+    (its value is static data, so jit keys its cache on it) that tree_at can find; it
+    reads as the bool it holds (``if flag:``, ``flag == True``, ``repr``)."""
+
+    def __new__(cls, value: Any) -> "_Flag":
+        return super().__new__(cls, bool(value))
+
+    def __repr__(self) -> str:
+        return repr(bool(self))
+
+    __str__ = __repr__
+
+
+jtu.register_pytree_node(_Flag, lambda f: ((), bool(f)), lambda aux, _: _Flag(aux))
+
+
+class _FlagField:
+    """The descriptor of a flag field on a converted class: a bool assigned to it (by
+    ``eqx.tree_at``'s rebuild, or Equinox's unflatten) is kept as a :class:`_Flag`."""
+
+    def __init__(self, name: str, default: Any) -> None:
+        self.name = name
+        self.default = default
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self.default
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        is_bool = isinstance(value, (bool, np.bool_)) and not isinstance(value, _Flag)
+        obj.__dict__[self.name] = _Flag(value) if is_bool else value
+
+
+def _plain(x: Any) -> Any:
+    return bool(x) if isinstance(x, _Flag) else x
+
+
+# ----------------------------------------------------------------------------- mixed lists
+class _MixedList(list):
+    """A list field mixing data (modules, arrays) with functions and other non-array
+    items (Equinox's ``layers = [Conv2d, MaxPool2d, jax.nn.relu, jnp.ravel, Linear]``):
+    the data items are the pytree children, the rest is static data of the node (hashed
+    into jit's cache key), so jax.jit takes it; it reads and iterates as the list."""
+
+    __slots__ = ()
+
+
+class _MixedTuple(tuple):
+    """The tuple form of :class:`_MixedList`."""
+
+    __slots__ = ()
+
+
+def _mixed_flatten(x: Any) -> tuple[list[tuple[Any, Any]], Any]:
+    data, static = [], []
+    for i, item in enumerate(x):
+        if _is_static_item(item):
+            static.append((i, item))
+        else:
+            data.append((jtu.SequenceKey(i), item))
+    return data, (len(x), tuple(static))
+
+
+def _mixed_unflattener(cls: type) -> Callable[[Any, Any], Any]:
+    def unflatten(aux: Any, children: Any) -> Any:
+        n, static = aux
+        items: list[Any] = [None] * n
+        fixed = dict(static)
+        it = iter(children)
+        for i in range(n):
+            items[i] = fixed[i] if i in fixed else next(it)
+        return cls(items)
+
+    return unflatten
+
+
+for _cls in (_MixedList, _MixedTuple):
+    jtu.register_pytree_with_keys(
+        _cls,
+        _mixed_flatten,
+        _mixed_unflattener(_cls),
+        lambda x: (lambda d, a: ([c for _, c in d], a))(*_mixed_flatten(x)),
+    )
+
+
+def _is_static_item(item: Any) -> bool:
+    """A non-array leaf (a function, a number, a string): static in a mixed list."""
+    leaves = jtu.tree_leaves(item, is_leaf=_is_variable)
+    return len(leaves) == 1 and leaves[0] is item and not isinstance(item, (*_ARRAYS, st.Variable))
+
+
+def _mix(value: Any) -> Any:
+    """Lists and tuples (nested too) that mix data with static items -> mixed forms."""
+    if type(value) not in (list, tuple):
+        return value
+    items = [_mix(v) for v in value]
+    if any(map(_has_data, items)) and any(map(_is_static_item, items)):
+        return (_MixedList if type(value) is list else _MixedTuple)(items)
+    return type(value)(items)
+
+
 # ----------------------------------------------------------------------------- modules
-# (original class, names of fields made static) -> subclass; subclass -> original.
-_SUBCLASSES: dict[tuple[type, frozenset[str]], type] = {}
+# (original class, static fields, flag fields, reads) -> subclass; subclass -> original.
+_SUBCLASSES: dict[tuple[type, frozenset[str], frozenset[str], bool], type] = {}
 _ORIGINAL: dict[type, type] = {}
+# How deep the current thread is in calls of converted modules (see `_calling`).
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("statetree_eqx_depth", default=0)
 
 
-def _static_subclass(cls: type, names: frozenset[str], reads: bool) -> type:
-    """``cls`` with the fields ``names`` declared static: same name, methods, fields.
-    With ``reads``, ``__call__`` runs on the values of the module's own Variables."""
-    key = (cls, names, reads)
+def _subclass(cls: type, static: frozenset[str], flags: frozenset[str], reads: bool) -> type:
+    """``cls`` with the fields ``static`` declared static and the bool fields ``flags``
+    kept as :class:`_Flag` nodes: same name, methods and fields. Its ``__call__`` is the
+    original's, seen through :func:`_calling` (and with ``reads``, :func:`_reading`)."""
+    key = (cls, static, flags, reads)
     sub = _SUBCLASSES.get(key)
     if sub is not None:
         return sub
@@ -189,8 +342,11 @@ def _static_subclass(cls: type, names: frozenset[str], reads: bool) -> type:
         "__doc__": cls.__doc__,
         "__annotations__": annotations,
     }
+    defaults = {}
     for f in dataclasses.fields(cls):
-        if f.name not in names:
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        if f.name not in static:
             continue
         annotations[f.name] = f.type
         kwargs: dict[str, Any] = {"init": f.init, "repr": f.repr}
@@ -199,9 +355,12 @@ def _static_subclass(cls: type, names: frozenset[str], reads: bool) -> type:
         elif f.default_factory is not dataclasses.MISSING:
             kwargs["default_factory"] = f.default_factory
         namespace[f.name] = dataclasses.field(metadata={**f.metadata, "static": True}, **kwargs)
-    if reads:
-        namespace["__call__"] = _reading(cls.__call__)
+    if callable(cls):
+        call = cls.__call__
+        namespace["__call__"] = _calling(_reading(call) if reads else call)
     sub = type(cls)(cls.__name__, (cls,), namespace)
+    for name in flags:
+        type.__setattr__(sub, name, _FlagField(name, defaults.get(name, dataclasses.MISSING)))
     _SUBCLASSES[key] = sub
     _ORIGINAL[sub] = cls
     return sub
@@ -219,10 +378,54 @@ def _reading(call: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(call)
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        attrs = {k: v.value if isinstance(v, st.Variable) else v for k, v in vars(self).items()}
+        attrs = {
+            k: v.value if isinstance(v, st.Variable) else _plain(v) for k, v in vars(self).items()
+        }
         return call(_rebuild(_ORIGINAL[type(self)], attrs), *args, **kwargs)
 
     return __call__
+
+
+def _calling(call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call``, except that the outermost converted module called under ``jax.vmap``
+    returns a snapshot (a plain ``eqx.nn.State`` of arrays) in place of a converted
+    state: JAX cannot return refs from ``vmap`` (Equinox's eval idiom
+    ``jax.vmap(eqx.Partial(model, state=state))(xs)`` returns the state). Nothing is
+    lost: a write into the state inside ``vmap`` raises (see :func:`in_place`), so the
+    refs hold what the snapshot holds."""
+
+    @functools.wraps(call)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        depth = _DEPTH.get()
+        # Checked before the call: a plain eqx.nn.State given in is invalid after it.
+        batched = depth == 0 and _under_vmap((args, kwargs))
+        token = _DEPTH.set(depth + 1)
+        try:
+            out = call(self, *args, **kwargs)
+        finally:
+            _DEPTH.reset(token)
+        if batched:
+            out = jtu.tree_map(
+                lambda x: _snapshot(x) if isinstance(x, MutableState) else x,
+                out,
+                is_leaf=lambda x: isinstance(x, MutableState),
+            )
+        return out
+
+    return __call__
+
+
+def _under_vmap(tree: Any) -> bool:
+    if _BatchTracer is None:
+        return False
+    # Variables and States are not looked into: their refs are never batch tracers here.
+    stop = lambda x: isinstance(x, (st.Variable, eqx.nn.State, st.Packed))  # noqa: E731
+    return any(isinstance(x, _BatchTracer) for x in jtu.tree_leaves(tree, is_leaf=stop))
+
+
+def _snapshot(state: MutableState) -> eqx.nn.State:
+    values, keys = st.unbox(state).tree_flatten()
+    return eqx.nn.State.tree_unflatten(keys, values)
 
 
 def _rebuild(cls: type, attrs: dict[str, Any]) -> Any:
@@ -234,7 +437,7 @@ def _rebuild(cls: type, attrs: dict[str, Any]) -> Any:
 
 def _convert(tree: Any, kind: type[st.Variable], path: tuple[Any, ...]) -> Any:
     """Arrays -> frozen Variables of ``kind`` (Param for inexact dtypes), modules ->
-    static-field subclasses, States -> MutableStates, throughout ``tree``."""
+    converted subclasses, States -> MutableStates, throughout ``tree``."""
 
     def leaf(keypath: Any, x: Any) -> Any:
         where = (*path, *(_key(k) for k in keypath))
@@ -260,18 +463,25 @@ def _key(k: Any) -> Any:
 
 
 def _convert_module(module: eqx.Module, path: tuple[Any, ...]) -> eqx.Module:
+    if type(module) is eqx.nn.StateIndex:  # eqx.nn.State checks its keys by exact type
+        return module
     cls = _ORIGINAL.get(type(module), type(module))
     declared = {f.name: f.metadata.get("static", False) for f in dataclasses.fields(cls)}
     attrs = {}
     static = set()
+    flags = set()
     for name, value in vars(module).items():
         if declared.get(name, True):  # static fields and non-field attributes: as they are
             attrs[name] = value
             continue
+        if isinstance(value, (bool, np.bool_)):  # a flag: a node tree_at can replace
+            flags.add(name)
+            attrs[name] = _Flag(value)
+            continue
         if isinstance(module, eqx.nn.Shared) and name == "pytree":
             new = _tie(module, _convert(module(), st.Param, (*path, name)))
         else:
-            new = _convert(value, st.Param, (*path, name))
+            new = _mix(_convert(value, st.Param, (*path, name)))
         if not _has_data(new):
             # Only fields with leaves matter: None, () or an empty module pass jit as
             # they are (and StateIndex, which eqx.nn.State checks by exact type, stays).
@@ -283,7 +493,7 @@ def _convert_module(module: eqx.Module, path: tuple[Any, ...]) -> eqx.Module:
     # Equinox's own layers read their Variables' values when called (see `_reading`);
     # your modules see the Variables themselves, so they can write them in place.
     reads = cls.__module__.startswith("equinox.") and any(map(_is_variable, attrs.values()))
-    target = _static_subclass(cls, frozenset(static), reads) if static or reads else cls
+    target = _subclass(cls, frozenset(static), frozenset(flags), reads)
     return _rebuild(target, attrs)
 
 
@@ -327,16 +537,23 @@ def _restore(tree: Any) -> Any:
         if isinstance(x, eqx.nn.State):
             values, keys = x.tree_flatten()
             return eqx.nn.State.tree_unflatten(keys, values)
+        if isinstance(x, (_MixedList, _MixedTuple)):
+            items = [_restore(item) for item in x]
+            return items if isinstance(x, list) else tuple(items)
         if isinstance(x, eqx.Module):
             cls = _ORIGINAL.get(type(x), type(x))
-            attrs = {k: _restore(v) for k, v in vars(x).items()}
+            attrs = {k: _restore(_plain(v)) for k, v in vars(x).items()}
             obj = _rebuild(cls, attrs)
             if isinstance(obj, eqx.nn.Shared) and _has_data(obj.where(obj.pytree)):
                 obj = eqx.nn.Shared(obj.pytree, obj.where, obj.get)
             return obj
         return x
 
-    return jtu.tree_map(leaf, tree, is_leaf=_is_module_or_state)
+    return jtu.tree_map(
+        leaf,
+        tree,
+        is_leaf=lambda x: _is_module_or_state(x) or isinstance(x, (_MixedList, _MixedTuple)),
+    )
 
 
 def mutable(obj: Any) -> Any:
@@ -372,7 +589,8 @@ def in_place(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     ``fn`` sees a plain ``eqx.nn.State`` snapshot, so it may be a ``jax.vmap`` of a
     stateful model (JAX refuses writes into unmapped refs inside ``vmap``); the commit
-    happens after it returns::
+    happens after it returns, all entries checked before any is written. A packed state
+    (``st.mutable(state, packed=True)``) works the same way::
 
         batched = in_place(jax.vmap(model, axis_name="batch", in_axes=(0, None),
                                     out_axes=(0, None)))
@@ -380,10 +598,10 @@ def in_place(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        converted: list[MutableState] = []
+        converted: list[Any] = []
 
         def snapshot(x: Any) -> Any:
-            if isinstance(x, MutableState):
+            if _is_converted_state(x):
                 converted.append(x)
                 values, keys = st.unbox(x).tree_flatten()
                 return eqx.nn.State.tree_unflatten(keys, values)
@@ -391,7 +609,9 @@ def in_place(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         # Variables are leaves too: passed through as the same objects.
         args, kwargs = jtu.tree_map(
-            snapshot, (args, kwargs), is_leaf=lambda x: isinstance(x, (MutableState, st.Variable))
+            snapshot,
+            (args, kwargs),
+            is_leaf=lambda x: _is_converted_state(x) or isinstance(x, st.Variable),
         )
         out = fn(*args, **kwargs)
         if not converted:
@@ -405,7 +625,14 @@ def in_place(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def _commit(new: eqx.nn.State, converted: list[MutableState]) -> Any:
+def _is_converted_state(x: Any) -> bool:
+    """A MutableState, or a packed one (``st.mutable(state, packed=True)``)."""
+    if isinstance(x, MutableState):
+        return True
+    return isinstance(x, st.Packed) and isinstance(st.unbox(x), MutableState)
+
+
+def _commit(new: eqx.nn.State, converted: list[Any]) -> Any:
     """Write the returned State ``new`` into the converted state holding its entries."""
     values, keys = new.tree_flatten()
     owners = [s for s in converted if set(keys) <= set(s.tree_flatten()[1])]
@@ -413,13 +640,44 @@ def _commit(new: eqx.nn.State, converted: list[MutableState]) -> Any:
         return new  # not a state we were given (or ambiguous): hand it back untouched
     owner = owners[0]
     entries = dict(zip(*reversed(owner.tree_flatten()), strict=True))
-    targets = [jtu.tree_leaves(entries[k], is_leaf=_is_variable) for k in keys]
-    news = [jtu.tree_leaves(v) for v in values]
-    _write(
-        [
-            pair
-            for group, vals in zip(targets, news, strict=True)
-            for pair in zip(group, vals, strict=True)
-        ]
-    )
+    flat: dict[tuple[Any, ...], Any] = {}
+    for key, value in zip(keys, values, strict=True):
+        pairs = _pairs(entries[key], value, f"in_place: the returned state's {key!r}")
+        sub = st.state(entries[key])
+        assert isinstance(sub, st.State)
+        for p, (_, x) in zip(sub.paths(), pairs, strict=True):
+            flat[(key, *p)] = x
+    _update(owner, st.State(flat), "in_place: writing the returned state")
     return owner
+
+
+# ----------------------------------------------------------------------------- files
+def tree_serialise_leaves(path_or_file: Any, pytree: Any, **kwargs: Any) -> None:
+    """``eqx.tree_serialise_leaves`` for converted models and states.
+
+    Equinox's own function skips every ``jax.Ref`` (a mutable Variable's leaf is one), so
+    on a converted model it writes nothing. This one writes :func:`freeze`'s plain
+    Equinox tree: the file is the one pure Equinox writes for the same model, and loads
+    into either form. ``kwargs`` go to Equinox (``filter_spec``, ``is_leaf``).
+    """
+    eqx.tree_serialise_leaves(path_or_file, freeze(pytree), **kwargs)
+
+
+def tree_deserialise_leaves(path_or_file: Any, like: Any, **kwargs: Any) -> Any:
+    """``eqx.tree_deserialise_leaves`` into a converted model or state, in place.
+
+    The file is read into :func:`freeze`'s plain copy of ``like`` by Equinox, then every
+    value is written into ``like``'s Variables at once (``st.update``: kinds, shapes and
+    dtypes checked first; on error nothing changes). Returns ``like``, so Equinox's
+    ``model = tree_deserialise_leaves(path, model)`` reads the same. Tied weights
+    (``eqx.nn.Shared``) stay tied.
+    """
+    loaded = eqx.tree_deserialise_leaves(path_or_file, freeze(like), **kwargs)
+    converted = _convert(loaded, st.Param, ())
+    targets = st.state(like)
+    assert isinstance(targets, st.State)
+    values = st.state(converted)
+    assert isinstance(values, st.State)
+    found = dict(values.items())
+    st.update(like, st.State({p: st.unbox(found[p]) for p in targets.paths()}))
+    return like
