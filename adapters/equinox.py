@@ -419,7 +419,7 @@ def _under_vmap(tree: Any) -> bool:
     if _BatchTracer is None:
         return False
     # Variables and States are not looked into: their refs are never batch tracers here.
-    stop = lambda x: isinstance(x, (st.Variable, eqx.nn.State, st.Packed))  # noqa: E731
+    stop = lambda x: isinstance(x, (st.Variable, eqx.nn.State, st.Packed))
     return any(isinstance(x, _BatchTracer) for x in jtu.tree_leaves(tree, is_leaf=stop))
 
 

@@ -260,26 +260,45 @@ class Optimizer:
             everything = _state(grads)
             items = everything.items()
         select = to_predicate(self.wrt)
-        found = {p: g for p, g in items if not isinstance(g, Variable) or select(p, g)}
+        # A Variable holding None is a placeholder, not a gradient: what Equinox's
+        # filter_grad / partition leave where a mutable Variable's jax.Ref was (they
+        # take only jax.Arrays), so such grads count as missing.
+        empty = {p for p, g in items if isinstance(g, Variable) and g._raw is None}
+        found = {
+            p: g
+            for p, g in items
+            if p not in empty and (not isinstance(g, Variable) or select(p, g))
+        }
         wrong = [
             Misfit(p, f"gradient {tuple(jnp.shape(found[p]))}, Variable {tuple(targets[p].shape)}")
             for p in self.paths
             if p in found and tuple(jnp.shape(found[p])) != tuple(targets[p].shape)
         ]
+        missing = [p for p in self.paths if p not in found]
+        fix = (
+            "Differentiate with respect to the split params: "
+            "graphdef, params, rest = st.split(model, wrt, ...); "
+            "grads = jax.grad(loss)(st.freeze(params), ...)."
+        )
+        if missing and (empty or not found):
+            fix = (
+                "grads hold no arrays there. eqx.filter_grad, eqx.filter_value_and_grad "
+                "and eqx.partition(model, eqx.is_array) see a mutable Variable's jax.Ref "
+                "as a non-array and differentiate nothing; differentiate a frozen copy "
+                "instead: eqx.filter_grad(loss)(statetree.adapters.equinox.freeze(model)). " + fix
+            )
         message = misfit_report(
             "Optimizer.update(model, grads): grads do not match the model's "
             f"wrt={filter_repr(self.wrt)} Variables.",
             [
-                ("no gradient for", [p for p in self.paths if p not in found]),
+                ("no gradient for", missing),
                 (
                     "gradient for a path the model does not train",
                     [p for p in found if p not in targets],
                 ),
                 ("shapes differ", wrong),
             ],
-            "Differentiate with respect to the split params: "
-            "graphdef, params, rest = st.split(model, wrt, ...); "
-            "grads = jax.grad(loss)(st.freeze(params), ...).",
+            fix,
         )
         if message:
             raise StructureError(message)
