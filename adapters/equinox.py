@@ -406,9 +406,9 @@ def _calling(call: Callable[..., Any]) -> Callable[..., Any]:
             _DEPTH.reset(token)
         if batched:
             out = jtu.tree_map(
-                lambda x: _snapshot(x) if isinstance(x, MutableState) else x,
+                lambda x: _snapshot(x) if _is_converted_state(x) else x,
                 out,
-                is_leaf=lambda x: isinstance(x, MutableState),
+                is_leaf=_is_converted_state,
             )
         return out
 
@@ -423,7 +423,7 @@ def _under_vmap(tree: Any) -> bool:
     return any(isinstance(x, _BatchTracer) for x in jtu.tree_leaves(tree, is_leaf=stop))
 
 
-def _snapshot(state: MutableState) -> eqx.nn.State:
+def _snapshot(state: Any) -> eqx.nn.State:
     values, keys = st.unbox(state).tree_flatten()
     return eqx.nn.State.tree_unflatten(keys, values)
 

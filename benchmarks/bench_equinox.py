@@ -12,12 +12,23 @@ process:
   written in the step).
 
 The model is tiny so the figures are per-step dispatch cost, not arithmetic.
+
+W2x: the scripts of ``examples/equinox/`` (Equinox's stateful BatchNorm model, MNIST CNN,
+GRU RNN, and a KV-cache decoder), each timed three ways in one interleaved run: its
+``eqx.filter_jit`` step (the baseline the ratios are to), the same step as a functional
+``jax.jit`` with the model and optimizer state (or cache) donated, and its in-place
+step as ``docs/adapters/equinox.md`` teaches it (``examples/equinox/*.statetree_step``).
+For the decoder, "step" is one whole generation (a ``jax.lax.fori_loop`` over the
+tokens) and, on a row of its own, one token.
 """
 
 import gc
+import importlib
+import pathlib
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -29,7 +40,13 @@ from statetree.adapters import equinox as eqxst
 
 import statetree as st
 
+from ._harness import row as _row
+from ._harness import time_many_us
+
 WORKLOAD = "W2 tiny MLP adam step (Equinox)"
+EXAMPLES_WORKLOAD = "W2x examples/equinox step"
+EXAMPLES = ("stateful", "mnist_cnn", "train_rnn", "kv_decoder")
+_EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "equinox"
 CASE = "MLP 2->64->3, batch 10"
 
 
@@ -157,7 +174,151 @@ def _ref_floor(quick: bool) -> tuple[float, int]:
     return _time_us(lambda: noop(refs), quick), len(refs)
 
 
-def run(quick: bool) -> list[dict]:
+# ----------------------------------------------------------------------------- examples
+def _example(name: str) -> Any:
+    if str(_EXAMPLES_DIR) not in sys.path:
+        sys.path.insert(0, str(_EXAMPLES_DIR))
+    return importlib.import_module(name)
+
+
+def _donated_training(module: Any, stateful: bool) -> Callable[[], Any]:
+    """The example's training step as functional ``jax.jit`` with donation: the limit."""
+    tx, (x, y) = module.TX, module.data()
+    if stateful:
+        model, state = eqx.nn.make_with_state(module.Model)(jax.random.key(0))
+    else:
+        model, state = (
+            module.build() if hasattr(module, "build") else module.CNN(jax.random.key(0)),
+            None,
+        )
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def step(params: Any, state: Any, opt_state: Any) -> Any:
+        def loss(params: Any, state: Any) -> Any:
+            model = eqx.combine(params, static)
+            if stateful:
+                pred, state = module.batched(model)(x, state)
+                return jnp.mean((pred - y) ** 2), state
+            return module.loss(model, x, y), state
+
+        (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params, state)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state, opt_state, value
+
+    jitted = jax.jit(step, donate_argnums=(0, 1, 2))
+    carry = [params, state, tx.init(params)]
+
+    def call() -> Any:
+        carry[0], carry[1], carry[2], value = jitted(*carry)
+        return value
+
+    return call
+
+
+def _donated_decoding(kv: Any, whole: bool) -> Callable[[], Any]:
+    model, state = kv.build()
+    params, static = eqx.partition(model, eqx.is_array)
+
+    def generate(params: Any, state: Any, first: Any) -> Any:
+        return kv.threaded_generate(eqx.combine(params, static), state, first)
+
+    def one(params: Any, state: Any, token: Any, pos: Any) -> Any:
+        return eqx.combine(params, static)(token, pos, state)
+
+    carry = [state]
+    if whole:
+        jitted = jax.jit(generate, donate_argnums=(1,))
+
+        def call() -> Any:
+            tokens, carry[0] = jitted(params, carry[0], jnp.int32(3))
+            return tokens
+
+        return call
+    jitted_one = jax.jit(one, donate_argnums=(1,))
+    pos = [0]
+
+    def call_one() -> Any:
+        token, at = jnp.int32(pos[0] % kv.VOCAB), jnp.int32(pos[0] % kv.MAX_LEN)
+        logits, carry[0] = jitted_one(params, carry[0], token, at)
+        pos[0] += 1
+        return logits
+
+    return call_one
+
+
+def _decoding(kv: Any, statetree: bool) -> Callable[[], Any]:
+    """One whole generation (fori_loop over the tokens)."""
+    if statetree:
+        model, state = kv.statetree_model(packed=True)
+        return lambda: kv.generate(model, state, jnp.int32(3))
+    model, state = kv.build()
+    carry = [state]
+
+    def call() -> Any:
+        tokens, carry[0] = kv.equinox_generate(model, carry[0], jnp.int32(3))
+        return tokens
+
+    return call
+
+
+def example_rows(quick: bool, examples: Sequence[str] = EXAMPLES) -> list[dict]:
+    """Per example: eqx.filter_jit (baseline), donated jax.jit, statetree in place."""
+    rows = []
+    for name in examples:
+        module = _example(name)
+        cases: dict[str, dict[str, Callable[[], Any]]] = {}
+        if name == "kv_decoder":
+            cases[f"{name}: generate {module.MAX_LEN} tokens (fori_loop)"] = {
+                "eqx": _decoding(module, statetree=False),
+                "jax": _donated_decoding(module, whole=True),
+                "st": _decoding(module, statetree=True),
+            }
+            cases[f"{name}: one token"] = {
+                "eqx": module.equinox_step()[0],
+                "jax": _donated_decoding(module, whole=False),
+                "st": module.statetree_step(packed=True)[0],
+            }
+        else:
+            cases[f"{name}: training step"] = {
+                "eqx": module.equinox_step()[0],
+                "jax": _donated_training(module, stateful=name == "stateful"),
+                "st": module.statetree_step()[0],
+            }
+        for case, fns in cases.items():
+            us = time_many_us(fns, quick=quick, stat="median")
+            rows.append(
+                _row(
+                    EXAMPLES_WORKLOAD,
+                    case,
+                    "Equinox (eqx.filter_jit)",
+                    us["eqx"],
+                    "us",
+                    baseline=True,
+                )
+            )
+            rows.append(
+                _row(EXAMPLES_WORKLOAD, case, "raw JAX (jax.jit, donated)", us["jax"], "us")
+            )
+            rows.append(
+                _row(
+                    EXAMPLES_WORKLOAD,
+                    case,
+                    "statetree (jax.jit in place, as the docs teach)",
+                    us["st"],
+                    "us",
+                )
+            )
+    return rows
+
+
+def run(quick: bool, examples: Sequence[str] | None = None) -> list[dict]:
+    """The MLP rows, then the examples' (in a quick run only ``train_rnn``, the
+    smallest, unless ``examples`` says otherwise)."""
+    chosen = examples if examples is not None else (("train_rnn",) if quick else EXAMPLES)
+    return _mlp_rows(quick) + example_rows(quick, chosen)
+
+
+def _mlp_rows(quick: bool) -> list[dict]:
     def row(impl: str, value: float, baseline: bool = False) -> dict:
         return {
             "workload": WORKLOAD,
@@ -187,4 +348,4 @@ def run(quick: bool) -> list[dict]:
 
 if __name__ == "__main__":
     for r in run(quick=False):
-        print(f"{r['impl']:48s} {r['value']:9.1f} {r['unit']}")
+        print(f"{r['case'][:44]:44s} {r['impl'][:48]:48s} {r['value']:9.1f} {r['unit']}")

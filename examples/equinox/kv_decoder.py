@@ -138,8 +138,9 @@ def statetree_step(packed: bool = True) -> tuple[Callable[[], jax.Array], Callab
 
 
 # ------------------------------------------------------------------- pure Equinox
-@eqx.filter_jit
-def equinox_generate(model: Decoder, state: eqx.nn.State, first: jax.Array) -> Any:
+def threaded_generate(model: Decoder, state: eqx.nn.State, first: jax.Array) -> Any:
+    """Greedy generation Equinox's way: the state is threaded through the loop."""
+
     def body(pos: jax.Array, carry: tuple) -> tuple:
         tokens, state = carry
         logits, state = model(tokens[pos], pos, state)
@@ -147,6 +148,9 @@ def equinox_generate(model: Decoder, state: eqx.nn.State, first: jax.Array) -> A
 
     tokens = jnp.zeros(MAX_LEN, jnp.int32).at[0].set(first)
     return jax.lax.fori_loop(0, MAX_LEN - 1, body, (tokens, state))
+
+
+equinox_generate = eqx.filter_jit(threaded_generate)
 
 
 @eqx.filter_jit
