@@ -101,6 +101,7 @@ def build() -> tuple[Decoder, eqx.nn.State]:
 @jax.jit
 def generate(model: Decoder, state: eqx.nn.State, first: jax.Array) -> jax.Array:
     """Greedy generation; the cache is written in place, the loop carries tokens only."""
+    model = eqxst.freeze(model)  # read the weights once, not on every pass of the loop
 
     def body(pos: jax.Array, tokens: jax.Array) -> jax.Array:
         logits, _ = model(tokens[pos], pos, state)
