@@ -6,19 +6,24 @@ the same tree with every array in a mutable Variable:
 - arrays in modules become ``st.Param`` (inexact dtypes, trainable) or ``st.Variable``
   (integers, booleans); arrays in an ``eqx.nn.State`` become ``st.BatchStat`` (not
   differentiable: written under ``jax.grad`` without complaint);
-- module fields that hold no arrays (activation functions, flags, strings) become
+- module fields that hold no arrays (activation functions, strings, numbers) become
   *static* fields, so ``jax.jit``, ``jax.vmap`` and ``jax.lax.scan`` take the model
-  directly. The converted module is an instance of a subclass of the original class
-  that differs only in which fields are static: ``isinstance``, attribute reads and
-  methods are the original's;
-- an ``eqx.nn.State`` becomes a :class:`MutableState` (a subclass), whose ``set`` writes
-  into the refs in place and returns the same object, so ``model(x, state)`` updates
-  the state and the returned state may be ignored;
+  directly; boolean flags stay nodes of the tree (:class:`_Flag`), so ``eqx.tree_at``
+  and ``eqx.nn.inference_mode`` replace them; lists and tuples mixing data with
+  functions keep the functions as static items. The converted module is an instance of
+  a subclass of the original class: ``isinstance``, attribute reads and methods are the
+  original's;
+- an ``eqx.nn.State`` becomes a :class:`MutableState` (a subclass), whose ``get`` gives
+  arrays (as Equinox's) and whose ``set`` writes every leaf into the refs at once and
+  returns the same object, so ``model(x, state)`` updates the state and the returned
+  state may be ignored;
 - tied weights (``eqx.nn.Shared``) become one Variable reachable from both positions.
 
 ``freeze(obj)`` is the inverse: plain Equinox modules and States holding arrays.
+``tree_serialise_leaves`` / ``tree_deserialise_leaves`` stand in for Equinox's, which
+skip every ``jax.Ref`` (so they write nothing for a converted model).
 
-Inside ``jax.vmap`` JAX refuses writes into refs that are not mapped (the state is
+Inside ``jax.vmap`` JAX refuses every write into a ref that is not mapped (the state is
 ``in_axes=None``), so a batched stateful call runs through :func:`in_place`, which calls
 the function on a snapshot and commits the state it returns after the ``vmap``.
 """
