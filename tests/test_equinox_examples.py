@@ -59,6 +59,25 @@ def test_training_matches_pure_equinox_step_for_step(name: str, packed: bool) ->
     assert_close(result(), eqx_result())  # parameters (and batch statistics, state)
 
 
+def test_benchmark_baseline_trains_like_equinox() -> None:
+    # benchmarks/bench_equinox.py times a functional jax.jit step with donation beside
+    # the example's steps: it must compute the same thing.
+    sys.path.insert(0, str(EXAMPLES.parents[1]))
+    try:
+        from benchmarks import bench_equinox
+    finally:
+        sys.path.remove(str(EXAMPLES.parents[1]))
+    module = example("stateful")
+    donated = bench_equinox._donated_training(module, stateful=True)
+    eqx_step, _ = module.equinox_step()
+    got = [float(donated()) for _ in range(3)]
+    want = [float(eqx_step()) for _ in range(3)]
+    # Compiled differently, the two agree to float rounding, which Adam's first steps
+    # (update ~ lr * sign(gradient)) amplify where a gradient is near zero: 1e-4 here.
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+    assert got[0] == want[0]
+
+
 def test_kv_decoder_generates_and_caches_like_pure_equinox() -> None:
     kv = example("kv_decoder")
     model, state = kv.statetree_model(packed=True)
