@@ -285,7 +285,7 @@ def example_rows(quick: bool, examples: Sequence[str] = EXAMPLES) -> list[dict]:
                 "st": module.statetree_step()[0],
             }
         for case, fns in cases.items():
-            us = time_many_us(fns, quick=quick, stat="median")
+            us = time_many_us(fns, quick=quick)
             rows.append(
                 _row(
                     EXAMPLES_WORKLOAD,
