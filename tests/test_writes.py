@@ -426,7 +426,8 @@ def test_every_writer_goes_through_the_plan(monkeypatch: pytest.MonkeyPatch, tmp
 
     bn, eqx_state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="ema")
     eqx_state = steqx.mutable(eqx_state)
-    assert seen(lambda: eqx_state.set(bn.ema_state_index, (jnp.ones(3), jnp.ones(3)))) == ["numpy"]
+    # Equinox's State.set refuses a change of dtype; the converted state keeps that rule.
+    assert seen(lambda: eqx_state.set(bn.ema_state_index, (jnp.ones(3), jnp.ones(3)))) == ["exact"]
 
     def apply(variables, x, mutable):
         return x, {"batch_stats": {"n": variables["batch_stats"]["n"] + 1}}
