@@ -54,8 +54,7 @@ class _StateKeys:
         path (any path of a shared value finds it)."""
         if self.graphdef is not None and self.graphdef == graphdef:
             return self.indices  # type: ignore[return-value]
-        index = graphdef.path_index()
-        return [index.get(p) for p in self.paths()]
+        return [graphdef.find(p) for p in self.paths()]
 
     def paths(self) -> tuple[Path, ...]:
         if self._paths is None:

@@ -178,6 +178,25 @@ def test_diamond_sharing_stays_linear_in_distinct_objects() -> None:
     assert node is bottom
 
 
+def test_any_path_of_a_diamond_value_updates_it_past_the_listing_cap() -> None:
+    # Paths listed per value are capped; st.update by a path the listing left out (the
+    # bottom Variable reached through right-hand branches only) still finds the value.
+    bottom = st.Param(jnp.ones(()), mutable=True)
+    tree: object = bottom
+    for _ in range(12):
+        tree = Diamond(tree)
+    graphdef, _ = st.split(tree)
+    late = ("right",) * 12
+    assert late not in graphdef.path_index()  # beyond the cap: not listed
+    state = st.State({late: st.Param(jnp.full((), 7.0))})
+    st.update(tree, state)
+    assert float(bottom[...]) == 7.0
+    missing = st.State({("right",) * 11 + ("nope",): st.Param(jnp.zeros(()))})
+    with pytest.raises(st.StructureError, match=r"nope"):
+        st.update(tree, missing)
+    assert float(bottom[...]) == 7.0
+
+
 # ------------------------------------------------- trees too deep, cycles under jit
 def _headroom_intact() -> bool:
     """A plain recursion can still go almost to Python's limit from here."""

@@ -102,7 +102,7 @@ class GraphDef:
       True
     """
 
-    __slots__ = ("_hash", "_occurrences", "_path_index", "_paths", "kinds", "parts")
+    __slots__ = ("_hash", "_keys", "_occurrences", "_path_index", "_paths", "kinds", "parts")
 
     parts: tuple[_Part, ...]
     kinds: tuple[type | None, ...]
@@ -114,6 +114,7 @@ class GraphDef:
         self._paths: tuple[Path, ...] | None = None
         self._occurrences: tuple[tuple[Path, ...], ...] | None = None
         self._path_index: dict[Path, int] | None = None
+        self._keys: dict[int, list[Path]] = {}
 
     @property
     def num_values(self) -> int:
@@ -142,19 +143,7 @@ class GraphDef:
         the number of parts while every shared value still shows two paths or more."""
         occurrences: list[list[Path]] = [[] for _ in self.kinds]
         expanded = [0] * len(self.parts)
-        keyed_parts: dict[int, list[Path]] = {}
-
-        def keys_of(part_index: int) -> list[Path]:
-            # Each leaf's keys within its part, computed once per part.
-            keys = keyed_parts.get(part_index)
-            if keys is None:
-                treedef = self.parts[part_index].treedef
-                marker = object()
-                shaped = treedef.unflatten([marker] * treedef.num_leaves)
-                keyed, _ = jtu.tree_flatten_with_path(shaped, is_leaf=lambda x: x is marker)
-                keys = [tuple(k for entry in kp for k in _keys_of(entry)) for kp, _ in keyed]
-                keyed_parts[part_index] = keys
-            return keys
+        keys_of = self._part_keys
 
         def visit(part_index: int, prefix: Path, active: frozenset[int]) -> None:
             expanded[part_index] += 1
@@ -175,6 +164,18 @@ class GraphDef:
         visit(0, (), frozenset({0}))
         return tuple(p[0] for p in occurrences), tuple(map(tuple, occurrences))
 
+    def _part_keys(self, part_index: int) -> list[Path]:
+        """Each leaf's keys within part ``part_index``, computed once per part."""
+        keys = self._keys.get(part_index)
+        if keys is None:
+            treedef = self.parts[part_index].treedef
+            marker = object()
+            shaped = treedef.unflatten([marker] * treedef.num_leaves)
+            keyed, _ = jtu.tree_flatten_with_path(shaped, is_leaf=lambda x: x is marker)
+            keys = [tuple(k for entry in kp for k in _keys_of(entry)) for kp, _ in keyed]
+            self._keys[part_index] = keys
+        return keys
+
     def paths(self) -> tuple[Path, ...]:
         """The first path of each value, in value order."""
         if self._paths is None:
@@ -194,6 +195,30 @@ class GraphDef:
         if self._path_index is None:
             self._path_index = {p: i for i, paths in enumerate(self.occurrences()) for p in paths}
         return self._path_index
+
+    def find(self, path: Path) -> int | None:
+        """The index of the value at ``path`` (any of its paths), None if no value is
+        there. Looks in :meth:`path_index` first; a path that the listing cap left out
+        (a node shared at more than ``_EXPANSIONS`` places) is followed key by key
+        through the parts instead, so every path of a value still finds it."""
+        found = self.path_index().get(path)
+        if found is not None:
+            return found
+        part_index, rest = 0, tuple(path)
+        while True:
+            part = self.parts[part_index]
+            for keys, slot in zip(self._part_keys(part_index), part.slots, strict=True):
+                if rest[: len(keys)] != keys:
+                    continue
+                if slot >= 0:
+                    return slot if len(keys) == len(rest) else None
+                extra = part.extras[-1 - slot]
+                if not isinstance(extra, _Node) or len(keys) == len(rest):
+                    return None
+                part_index, rest = extra.part, rest[len(keys) :]
+                break
+            else:
+                return None
 
     def __repr__(self) -> str:
         from .._display import graphdef_repr
