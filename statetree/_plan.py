@@ -17,12 +17,13 @@ Two rules for values, chosen per plan:
   dtype and shape already, so a State from another model never lands silently.
 """
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
-from . import _storage, _variables, _writes
+from . import _storage, _writes
 from ._errors import (
     FrozenVariableError,
     RefValueError,
@@ -32,9 +33,16 @@ from ._errors import (
     format_path,
 )
 
-__all__ = ["WritePlan", "check_readable", "write_one"]
+__all__ = ["Box", "WritePlan", "check_readable", "write_one"]
 
 Path = tuple[Any, ...]
+
+
+class Box(abc.ABC):  # noqa: B024 - a marker: what it promises is below, not methods
+    """A write target that boxes its storage: ``Variable`` (registered by
+    ``_variables``, which imports this module, so the planner never imports it back).
+    A box has ``_raw`` (its storage or array), ``_describe()`` (for messages) and a
+    class attribute ``differentiable``."""
 
 
 def _frozen(target: Any) -> FrozenVariableError:
@@ -64,8 +72,7 @@ def _describe_raw(raw: Any) -> Callable[[], str]:
 def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any]:
     """``(raw storage, value to store)`` for the write ``target[idx] = new``, after every
     check; raises the statetree error that says why it cannot be written."""
-    Variable = _variables.Variable
-    if isinstance(target, Variable):
+    if isinstance(target, Box):
         raw = target._raw
         if not _storage.is_storage(raw):
             if idx is Ellipsis and exact:  # in a list of paths: say it short
@@ -84,12 +91,12 @@ def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any]:
             "the tree mutable first: tree = st.mutable(tree)"
         )
     _writes.check_readable(raw, describe)
-    if isinstance(new, Variable):
-        if exact and isinstance(target, Variable) and type(new) is not type(target):
+    if isinstance(new, Box):
+        if exact and isinstance(target, Box) and type(new) is not type(target):
             raise StructureError(
                 f"kind {type(new).__name__} does not match the tree's {type(target).__name__}"
             )
-        if exact and not isinstance(target, Variable):
+        if exact and not isinstance(target, Box):
             kind = type(new).__name__
             raise StructureError(f"the tree holds a raw Ref here, the State a {kind}")
         new = new._raw
@@ -125,7 +132,7 @@ def _exact(raw: Any, new: Any) -> Any:
 
 def write_one(target: Any, idx: Any, new: Any) -> None:
     """``target[idx] = new`` for one Variable: checked, then written (NumPy rules)."""
-    if isinstance(new, _variables.Variable):
+    if isinstance(new, Box):
         new = new.value
     if _storage.is_storage(new):
         raise RefValueError(
@@ -207,7 +214,7 @@ def check_readable(values: list[Any], paths: Callable[[], tuple[Path, ...]], who
     the values' paths; it is called only when one is refused."""
     bad = []
     for i, value in enumerate(values):
-        raw = value._raw if isinstance(value, _variables.Variable) else value
+        raw = value._raw if isinstance(value, Box) else value
         reason = _writes.unreadable(raw)
         if reason is not None:
             bad.append(f"  {format_path(paths()[i])}: {reason}")

@@ -292,6 +292,7 @@ def _register_kind(cls: type[Variable]) -> None:
 
 
 _register_kind(Variable)
+_plan.Box.register(Variable)  # the planner writes into Variables without importing this
 
 
 class Param(Variable):

@@ -77,10 +77,7 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 
 # Known cycles, each to be broken by its owner; listed edges are left out of the check.
-# _variables (Variable writes) <-> _plan (the write planner, which checks for Variables):
-# came with the one-write-path work; the planner could take the Variable type from its
-# caller instead.
-_KNOWN = {("statetree._plan", "statetree._variables")}
+_KNOWN: set[tuple[str, str]] = set()
 
 
 def test_no_import_cycle_among_statetree_modules() -> None:
