@@ -12,23 +12,35 @@ import jax.numpy as jnp
 
 from . import _graph, _packed, _plan, _storage
 from ._filters import needs_path, to_predicate
+from ._graph import GraphDef
 from ._variables import Variable
 
 __all__ = ["mutable", "freeze", "unbox"]
 
 
-def _map_values(tree: Any, fn: Callable[[Any], Any], only: Any, who: str = "") -> Any:
+def _chosen(graphdef: GraphDef, values: list[Any], only: Any) -> list[bool]:
+    """Which of a flattened tree's ``values`` the filter ``only`` selects."""
+    if only is Ellipsis:
+        return [True] * len(values)
+    predicate = to_predicate(only)
+    paths = graphdef.paths() if needs_path(only) else None
+    return [bool(predicate(paths[i] if paths else (), v)) for i, v in enumerate(values)]
+
+
+def _map_values(
+    tree: Any, fn: Callable[[Any], Any], only: Any, who: str = "", pack: bool = False
+) -> Any:
+    """``tree`` with every value ``only`` selects replaced by ``fn(value)``; with
+    ``pack``, the selected values are instead packed together (``fn`` is not used).
+    ``who`` names the caller when deleted (donated) arrays must be refused first."""
     graphdef, values = _graph.flatten(tree)
     if who:  # refuse deleted (donated) arrays by path before converting any
         _plan.check_readable(values, graphdef.paths, who)
-    if only is Ellipsis:
-        new = list(map(fn, values))
-    else:
-        predicate = to_predicate(only)
-        paths = graphdef.paths() if needs_path(only) else None
-        new = [
-            fn(v) if predicate(paths[i] if paths else (), v) else v for i, v in enumerate(values)
-        ]
+    chosen = _chosen(graphdef, values, only)
+    if pack:
+        new = _packed.pack(values, chosen)
+        return _packed.assemble(_graph.unflatten(graphdef, new), graphdef, new)
+    new = [fn(v) if take else v for v, take in zip(values, chosen, strict=True)]
     return _graph.unflatten(graphdef, new)
 
 
@@ -100,20 +112,9 @@ def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
       >>> half["w"].mutable, half["n"].mutable
       (False, True)
     """
-    if not packed:
-        return _map_values(tree, _to_mutable, only, "mutable")
-    if isinstance(tree, _packed.Packed):
+    if packed and isinstance(tree, _packed.Packed):
         tree = tree._tree  # pack again: its values are copied into new buffers
-    graphdef, values = _graph.flatten(tree)
-    _plan.check_readable(values, graphdef.paths, "mutable")
-    if only is Ellipsis:
-        chosen = [True] * len(values)
-    else:
-        predicate = to_predicate(only)
-        paths = graphdef.paths() if needs_path(only) else None
-        chosen = [bool(predicate(paths[i] if paths else (), v)) for i, v in enumerate(values)]
-    new = _packed.pack(values, chosen)
-    return _packed.assemble(_graph.unflatten(graphdef, new), graphdef, new)
+    return _map_values(tree, _to_mutable, only, "mutable", pack=packed)
 
 
 def freeze(tree: Any, only: Any = ...) -> Any:

@@ -131,14 +131,12 @@ class Optimizer:
       (Array([0.5, 0.5], dtype=float32), 1)
     """
 
-    opt_state: Any
-    step: OptState
     tx: optax.GradientTransformation
     wrt: Any
     paths: tuple[Path, ...]
-    # Packed: {"opt_state": ..., "step": ...} as one st.Packed (a plain dict once
-    # st.freeze unpacked it), the pytree child JAX sees; None when not packed.
-    _joint: Any
+    # The one child JAX sees: {"opt_state": ..., "step": ...}, a plain dict or, packed,
+    # a st.Packed around that dict (st.freeze unpacks it into the plain dict again).
+    _child: Any
 
     def __init__(self, model: Any, tx: Any, wrt: Any = Param, *, packed: bool = False) -> None:
         tx = _as_transformation(tx)
@@ -159,25 +157,24 @@ class Optimizer:
         home = _mesh_home(arrays.values())
         opt_state = _box(tx.init(arrays), home)
         step = OptState(_place(jnp.zeros((), jnp.int32), home), mutable=True)
-        if packed:
-            # A few flat buffers instead of one Ref per array, the step counter in them
-            # too (int32 shares the 32-bit buffer of float32): jit dispatches faster.
-            self._hold(mutable({"opt_state": opt_state, "step": step}, packed=True))
-        else:
-            self.opt_state, self.step, self._joint = opt_state, step, None
+        child = {"opt_state": opt_state, "step": step}
+        # Packed: a few flat buffers instead of one Ref per array, the step counter in
+        # them too (int32 shares the 32-bit buffer of float32): jit dispatches faster.
+        self._child = mutable(child, packed=True) if packed else child
 
-    def _hold(self, joint: Any) -> None:
-        """Keep ``joint`` (``{"opt_state": ..., "step": ...}``, packed or not) as the one
-        child JAX sees; ``opt_state`` (a ``st.Packed`` over the same buffers while they
-        hold views) and ``step`` are its parts."""
-        self._joint = joint
-        if isinstance(joint, (_packed.Packed, dict)):
-            self.opt_state = _packed.from_tree(joint["opt_state"])
-            self.step = joint["step"]
-        else:
-            # JAX rebuilt the optimizer around a stand-in for its child (statetree's walk
-            # over paths, a tree_map with is_leaf): there are no parts to show.
-            self.opt_state = self.step = None
+    @property
+    def opt_state(self) -> Any:
+        """The optax state, a tree of ``OptState`` Variables (a ``st.Packed`` over the
+        optimizer's buffers when it is packed)."""
+        child = self._child
+        if isinstance(child, _packed.Packed):
+            return _packed.from_tree(child["opt_state"])
+        return child["opt_state"]
+
+    @property
+    def step(self) -> OptState:
+        """The number of updates applied, an ``OptState`` Variable."""
+        return self._child["step"]
 
     # ------------------------------------------------------------------ update
     def update(self, model: Any, grads: Any, **extra_args: Any) -> None:
@@ -192,8 +189,9 @@ class Optimizer:
         need it). Every check runs before the first write: on error nothing changes.
         """
         targets = self._targets(model)
-        state_def, state_vars = _graph.flatten(self.opt_state)
-        frozen_own = [v for v in (*state_vars, self.step) if not _writable(v)]
+        state_def, state_vars = _graph.flatten(self._child["opt_state"])
+        step = self.step
+        frozen_own = [v for v in (*state_vars, step) if not _writable(v)]
         if frozen_own:
             raise FrozenVariableError(
                 f"Optimizer.update: the optimizer's own state is frozen ({len(frozen_own)} "
@@ -219,7 +217,7 @@ class Optimizer:
             plan.add(targets[path], new, path)
         for var, new in zip(state_vars, new_values, strict=True):
             plan.add(var, new, ("opt_state",))
-        plan.add(self.step, self.step[...] + 1, ("step",))
+        plan.add(step, step[...] + 1, ("step",))
         plan.commit()
 
     def _targets(self, model: Any) -> dict[Path, Any]:
@@ -338,15 +336,17 @@ class Optimizer:
         return {k: v[0][1] for k, v in by_name.items()}
 
     def __repr__(self) -> str:
+        child = self._child
+        # A stand-in child (JAX mapping over trees) has no step to show.
+        step = child["step"] if isinstance(child, (dict, _packed.Packed)) else child
         return (
-            f"Optimizer(wrt={filter_repr(self.wrt)}, {len(self.paths)} Variable(s), "
-            f"step={self.step!r})"
+            f"Optimizer(wrt={filter_repr(self.wrt)}, {len(self.paths)} Variable(s), step={step!r})"
         )
 
 
 class _NoKey(PathKey):
-    """The key of a packed optimizer's one child: it adds nothing to a path, so paths
-    read ``("opt_state", 0, "count")``, ..., ``("step",)`` packed or not."""
+    """The key of the optimizer's one child: it adds nothing to a path, so paths read
+    ``("opt_state", 0, "count")``, ..., ``("step",)``, packed or not."""
 
     __slots__ = ()
 
@@ -361,31 +361,24 @@ class _NoKey(PathKey):
 
 _NO_KEY = _NoKey()
 
-# JAX's children: (opt_state, step) when not packed; (joint,) when packed, so the step
-# counter travels in the optax state's buffers and a jitted call takes one Ref per buffer.
+# JAX's one child: {"opt_state": ..., "step": ...}, packed or not, so a packed optimizer's
+# step counter travels in the optax state's buffers and a jitted call takes one Ref per
+# buffer. JAX may rebuild an optimizer around a stand-in for it (a placeholder while
+# mapping over trees); such an optimizer is only ever flattened again.
 
 
 def _flatten_with_keys(opt: Optimizer) -> tuple[Any, Any]:
-    if opt._joint is not None:
-        return ((_NO_KEY, opt._joint),), (opt.tx, opt.wrt, opt.paths)
-    children = ((jtu.GetAttrKey("opt_state"), opt.opt_state), (jtu.GetAttrKey("step"), opt.step))
-    return children, (opt.tx, opt.wrt, opt.paths)
+    return ((_NO_KEY, opt._child),), (opt.tx, opt.wrt, opt.paths)
 
 
 def _flatten(opt: Optimizer) -> tuple[Any, Any]:
-    if opt._joint is not None:
-        return (opt._joint,), (opt.tx, opt.wrt, opt.paths)
-    return (opt.opt_state, opt.step), (opt.tx, opt.wrt, opt.paths)
+    return (opt._child,), (opt.tx, opt.wrt, opt.paths)
 
 
 def _unflatten(aux: Any, children: Any) -> Optimizer:
     opt = object.__new__(Optimizer)
     opt.tx, opt.wrt, opt.paths = aux
-    if len(children) == 2:
-        opt.opt_state, opt.step = children
-        opt._joint = None
-    else:
-        opt._hold(children[0])
+    (opt._child,) = children
     return opt
 
 

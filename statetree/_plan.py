@@ -46,18 +46,11 @@ class Box(abc.ABC):  # noqa: B024 - a marker: what it promises is below, not met
 
 
 def _frozen(target: Any) -> FrozenVariableError:
-    packed_hint = (
-        " A Variable of a packed tree arrives frozen when only part of the tree "
-        "is passed to jax.jit (packed['layer'], a State from st.split(packed)): "
-        "pass the whole packed tree and pick the part inside."
-        if _storage.is_traced(target._raw)
-        else ""
-    )
     return FrozenVariableError(
         f"Cannot write into a {target._describe()}: it holds a plain "
         "jax.Array, and a write inside jax.jit would be lost when the call "
         "returns. Make it mutable first: st.mutable(tree) for a whole tree, or "
-        "create it with mutable=True (or under st.use_mutable_arrays(True))." + packed_hint
+        "create it with mutable=True (or under st.use_mutable_arrays(True))."
     )
 
 

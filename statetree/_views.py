@@ -11,9 +11,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 
 from . import _storage
+from ._errors import StructureError
 
 __all__ = ["View", "Where"]
 
@@ -149,3 +151,25 @@ def _spliced(buffer: Any, writes: dict[Any, tuple[View, Any]]) -> Any:
 
 
 _storage.register_storage(View, write_many=_write_views)
+
+
+def _flatten_alone(view: View) -> Any:
+    """JAX flattens a View only when a Variable of a packed tree reaches it without its
+    ``st.Packed`` (whose leaves are the buffers, never the views): refuse it there,
+    before JAX refuses the View as an argument or a read or write half happens."""
+    raise StructureError(
+        f"A Variable of a packed tree ({view.dtype}[{','.join(map(str, view.shape))}]) "
+        "was passed to JAX without its packed tree: part of it (packed['layer']), or a "
+        "State from st.split(packed). Its value lives in a slice of a buffer that JAX "
+        "only receives with the whole st.Packed, so it can be neither read nor written "
+        "there. Pass the whole packed tree to jax.jit and pick the part inside the "
+        "function, or pass a plain copy: st.freeze(part) to read, st.mutable(st.freeze("
+        "part)) for a mutable tree of its own."
+    )
+
+
+def _unflatten_never(aux: Any, children: Any) -> View:  # pragma: no cover - unreachable
+    raise AssertionError("a View is never flattened, so never unflattened")
+
+
+jtu.register_pytree_node(View, _flatten_alone, _unflatten_never)
