@@ -44,6 +44,29 @@ def _map_values(
     return _graph.unflatten(graphdef, new)
 
 
+def _map_read(
+    tree: Any, fn: Callable[[Any, Any], Any], only: Any, rest: Callable[[Any], Any] | None = None
+) -> Any:
+    """``tree`` with every value ``only`` selects that holds mutable storage replaced by
+    ``fn(value, array)``, ``array`` its current value: the storages are read together
+    (one dispatch per chunk of Refs, not one per Ref: see :mod:`statetree._bulk`).
+    Other selected values become ``rest(value)`` if ``rest`` is given."""
+    graphdef, values = _graph.flatten(tree)
+    chosen = _chosen(graphdef, values, only)
+    new = list(values)
+    where, raws = [], []
+    for i, (value, take) in enumerate(zip(values, chosen, strict=True)):
+        raw = value._raw if isinstance(value, Variable) else value
+        if take and _storage.is_storage(raw):
+            where.append(i)
+            raws.append(raw)
+        elif take and rest is not None:
+            new[i] = rest(value)
+    for i, array in zip(where, _storage.read_all(raws), strict=True):
+        new[i] = fn(values[i], array)
+    return _graph.unflatten(graphdef, new)
+
+
 def _to_mutable(value: Any) -> Any:
     if isinstance(value, Variable):
         if value.mutable:
@@ -56,18 +79,19 @@ def _to_mutable(value: Any) -> Any:
     return Variable._from_raw(_storage.new_storage(jnp.asarray(value)), ())
 
 
-def _to_frozen(value: Any) -> Any:
+def _to_frozen(value: Any, array: Any) -> Any:
     if isinstance(value, Variable):
-        if not value.mutable:
-            return value
-        return type(value)._from_raw(_storage.read(value._raw), value._metadata)
-    return _storage.read(value)
+        return type(value)._from_raw(array, value._metadata)
+    return array
+
+
+def _to_frozen_array(value: Any, array: Any) -> Any:
+    return array
 
 
 def _to_array(value: Any) -> Any:
-    if isinstance(value, Variable):
-        return value.value
-    return _storage.read(value)
+    """A value holding no storage: a frozen Variable's array, anything else itself."""
+    return value._raw if isinstance(value, Variable) else value
 
 
 def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
@@ -141,7 +165,7 @@ def freeze(tree: Any, only: Any = ...) -> Any:
       >>> frozen["w"]
       Variable(float32[2], mutable=False, value=[0., 0.])
     """
-    return _map_values(tree, _to_frozen, only)
+    return _map_read(tree, _to_frozen, only)
 
 
 def unbox(tree: Any) -> Any:
@@ -160,4 +184,4 @@ def unbox(tree: Any) -> Any:
       >>> st.unbox({"w": st.Param(jnp.ones(2), mutable=True), "k": 3})
       {'k': 3, 'w': Array([1., 1.], dtype=float32)}
     """
-    return _map_values(tree, _to_array, ...)
+    return _map_read(tree, _to_frozen_array, ..., rest=_to_array)

@@ -30,7 +30,7 @@ import numpy as np
 from jax.core import Tracer
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _graph, _storage
+from . import _graph, _storage, _views
 from ._errors import RefValueError, StructureError
 from ._graph import GraphDef
 from ._variables import _AD_TRACERS, Variable
@@ -153,6 +153,7 @@ def _fixed_structure(change: str, write: str) -> StructureError:
 
 # -------------------------------------------------------------------- JAX pytree
 def _flatten(p: Packed) -> tuple[list[Any], _Layout]:
+    _views.forget()  # see _views._remember
     return p._leaves, p._layout
 
 

@@ -18,10 +18,13 @@ from typing import Any
 import jax
 from jax.core import Tracer
 
+from . import _bulk
+
 __all__ = [
     "is_storage",
     "is_traced",
     "read",
+    "read_all",
     "write",
     "write_all",
     "write_at",
@@ -73,6 +76,24 @@ def read(raw: Any) -> Any:
     return raw
 
 
+def read_all(raws: Sequence[Any]) -> list[Any]:
+    """:func:`read` of each of ``raws``; concrete ``jax.Ref``s are read together
+    (:mod:`statetree._bulk`: one dispatch per chunk instead of one per Ref)."""
+    out = list(raws)
+    refs = [i for i, raw in enumerate(raws) if _is_concrete_ref(raw)]
+    for i, raw in enumerate(raws):
+        if isinstance(raw, _STORAGE_TYPES) and not _is_concrete_ref(raw):
+            out[i] = raw[...]
+    if refs:
+        for i, value in zip(refs, _bulk.read_refs([raws[i] for i in refs]), strict=True):
+            out[i] = value
+    return out
+
+
+def _is_concrete_ref(raw: Any) -> bool:
+    return isinstance(raw, jax.Ref) and not isinstance(raw, jax.core.Tracer)
+
+
 def write(raw: Any, value: Any) -> None:
     """Replace the whole value of the storage ``raw`` (shape and dtype already match)."""
     raw[...] = value
@@ -82,12 +103,18 @@ def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
     """:func:`write` for each ``(raw, value)``, in order; storages registered with a
     ``write_many`` get theirs in one call (for packed views: one write per buffer)."""
     batched: dict[Callable[[list[tuple[Any, Any]]], None], list[tuple[Any, Any]]] = {}
+    refs: dict[int, tuple[Any, Any]] = {}  # concrete Refs by id: the last write wins
     for raw, value in writes:
         many = _WRITE_MANY.get(type(raw))
-        if many is None:
-            raw[...] = value
-        else:
+        if many is not None:
             batched.setdefault(many, []).append((raw, value))
+        elif _is_concrete_ref(raw):
+            refs.pop(id(raw), None)
+            refs[id(raw)] = (raw, value)
+        else:
+            raw[...] = value
+    if refs:
+        _bulk.write_refs([r for r, _ in refs.values()], [v for _, v in refs.values()])
     for many, pairs in batched.items():
         many(pairs)
 

@@ -7,9 +7,11 @@ Registered as a storage with a batch writer, so ``st.update`` and ``Optimizer.up
 write a buffer once rather than once per Variable.
 """
 
+import threading
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -55,6 +57,13 @@ class View:
         return isinstance(self.buffer, jax.core.Tracer)
 
     def __getitem__(self, idx: Any) -> Any:
+        value = _recall(self)
+        if value is None:
+            value = self._read()
+        return value if idx is Ellipsis else value[idx]
+
+    def _read(self) -> Any:
+        """The slot's value, read from the buffer."""
         where = self.where
         if where is None:
             value = self.buffer[...]
@@ -65,7 +74,7 @@ class View:
             value = value.reshape(self.shape)
         else:  # a row of a stacked buffer (sharded refs take slices, not integers)
             value = self.buffer[where : where + 1].reshape(self.shape)
-        return value if idx is Ellipsis else value[idx]
+        return value
 
     def __setitem__(self, idx: Any, value: Any) -> None:
         if idx is not Ellipsis:
@@ -78,6 +87,7 @@ class View:
                 self.buffer[where[0] : where[1]] = self._bits(value)
         else:
             self.buffer[where : where + 1] = _like_buffer(self.buffer, jnp.expand_dims(value, 0))
+        _remember(self, value)
 
     def _bits(self, value: Any) -> Any:
         """``value`` as a slice of a flat buffer: raveled, bitcast to the buffer dtype."""
@@ -101,6 +111,65 @@ def _like_buffer(buffer: Any, value: Any) -> Any:
     if isinstance(buffer, jax.core.Tracer):
         return jax.sharding.reshard(value, sharding)
     return jax.device_put(value, buffer.sharding)
+
+
+# ------------------------------------------------------------------ reads after writes
+# Inside a trace, a read of a slot written earlier in the same trace returns the value
+# written, not a slice of the buffer. Both are the same number, but a slice of the buffer
+# after a write depends on that write: XLA then keeps a copy of the whole buffer alive
+# across every later slot write (a step that writes and reads back each of 300 small
+# Variables ran 4x slower than with the value reused; see docs/performance.md). What is
+# remembered: the last trace that wrote through a View (on this thread) and, per slot
+# (buffer, place), the value written. Everything is forgotten on a write under any other
+# trace (a nested jit, a scan body, a grad: it may have changed a slot this trace
+# remembers) and whenever JAX flattens a packed tree (handing it to a nested transform,
+# which may replay a cached trace without running Python). Writes that bypass the Views
+# (into ``packed.buffers`` directly) are not seen; statetree never makes them.
+
+
+class _Written(threading.local):
+    trace: Any = None
+    values: dict[tuple[int, Where], tuple[Any, Any]]
+
+    def __init__(self) -> None:
+        self.values = {}
+
+
+_WRITTEN = _Written()
+
+
+def _remember(view: View, value: Any) -> None:
+    """After a whole-slot write of ``value`` into ``view``: remember it if traced."""
+    if not isinstance(view.buffer, jax.core.Tracer):
+        return
+    written = _WRITTEN
+    trace = jax.extend.core.get_opaque_trace_state()
+    if written.trace != trace:
+        written.trace, written.values = trace, {}
+    written.values[(id(view.buffer), view.where)] = (view.buffer, value)
+
+
+def _recall(view: View) -> Any:
+    """The value last written into ``view``'s slot in the current trace, or None."""
+    written = _WRITTEN
+    if not written.values:
+        return None
+    hit = written.values.get((id(view.buffer), view.where))
+    if hit is None or hit[0] is not view.buffer:
+        return None
+    if written.trace != jax.extend.core.get_opaque_trace_state():
+        return None
+    return hit[1]
+
+
+def forget() -> None:
+    """Drop every remembered value: called whenever JAX flattens a packed tree. Inside a
+    trace that means the tree is handed to a nested jit, scan, cond or checkpoint, whose
+    writes (from a cached trace, run without Python) this module would not see; outside
+    any trace it releases the tracers of a finished trace."""
+    written = _WRITTEN
+    if written.values:
+        written.trace, written.values = None, {}
 
 
 # Slots of at most this many elements on average are "small" (16 KiB of float32).
@@ -127,6 +196,8 @@ def _write_views(pairs: list[tuple[View, Any]]) -> None:
         written = sum(w[1] - w[0] for w in places) if flat else 0
         if flat and 2 * written >= buffer.shape[0] and written <= _SMALL * len(places):
             buffer[...] = _spliced(buffer, writes)
+            for view, value in writes.values():
+                _remember(view, value)
         else:
             for view, value in writes.values():
                 view[...] = value

@@ -117,3 +117,68 @@ def test_bad_filter_is_refused_before_anything_changes() -> None:
     tree = {"w": jnp.ones(2)}
     with pytest.raises(TypeError, match=r"Not a filter: 3"):
         st.mutable(tree, only=3)
+
+
+# ---------------------------------------------------------------------- many Variables
+# st.freeze, st.unbox and st.update read and write groups of at least _bulk.MIN_GROUP
+# Refs of one shape, dtype and sharding in one dispatch per chunk (statetree._bulk).
+def _many(n: int = 40) -> dict[str, object]:
+    values = {f"v{i:03d}": jnp.full((3,), i, jnp.float32) for i in range(n)}
+    values["odd"] = jnp.arange(5)  # a group of one: read and written one by one
+    return st.mutable(values)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["buffers", "refs"])
+def test_many_refs_freeze_to_snapshots_and_update_in_place(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from statetree import _bulk
+
+    assert _bulk.MIN_GROUP <= 40
+    if not fast:  # a JAX without the buffer attribute: the public jitted paths
+        monkeypatch.setattr(_bulk, "_buffer", lambda ref: None)
+    batches: list[int] = []
+    for name in ("_copy_arrays", "_read_refs", "_write_refs"):
+        jitted = getattr(_bulk, name)
+        spy = lambda *args, _f=jitted: batches.append(len(args[0])) or _f(*args)
+        monkeypatch.setattr(_bulk, name, spy)
+    tree = _many()
+    frozen = st.freeze(tree)
+    unboxed = st.unbox(tree)
+    tree["v007"][...] = 70.0  # later writes reach neither snapshot
+    tree["odd"][0] = 9
+    assert frozen["v007"][...].tolist() == [7.0] * 3 and unboxed["v007"].tolist() == [7.0] * 3
+    assert frozen["odd"][...].tolist() == [0, 1, 2, 3, 4]
+    assert not frozen["v007"].mutable and isinstance(unboxed["odd"], jax.Array)
+
+    new = {k: (v + 1 if k != "odd" else v * 2) for k, v in st.unbox(frozen).items()}
+    st.update(tree, st.state(new))
+    after = st.unbox(tree)
+    for k, v in new.items():
+        np.testing.assert_array_equal(after[k], v)
+        assert after[k].dtype == tree[k].dtype
+    # The Refs own their new buffers: changing them leaves the caller's arrays alone.
+    tree["v001"][...] = -1.0
+    assert new["v001"].tolist() == [2.0] * 3
+    # freeze, unbox, update, unbox: the 40 float32[3] in chunks of 32 and 8 each time.
+    assert batches == [32, 8] * 4
+
+
+def test_many_refs_last_write_to_one_ref_wins() -> None:
+    from statetree import _storage
+
+    refs = [jax.new_ref(jnp.zeros(2)) for _ in range(20)]
+    writes = [(r, jnp.full(2, 1.0)) for r in refs] + [(refs[3], jnp.full(2, 5.0))]
+    _storage.write_all(writes)
+    assert refs[3][...].tolist() == [5.0, 5.0] and refs[4][...].tolist() == [1.0, 1.0]
+    # Reads of many Refs are copies: a later in-place write does not reach them.
+    values = _storage.read_all(refs)
+    refs[0][...] = jnp.full(2, 7.0)
+    assert values[0].tolist() == [1.0, 1.0]
+
+
+def test_many_refs_cut_into_power_of_two_chunks() -> None:
+    from statetree import _bulk
+
+    sizes = [len(c) for c in _bulk._chunks(list(range(2 * _bulk.CHUNK + 13)))]
+    assert sizes == [_bulk.CHUNK, _bulk.CHUNK, 8, 4, 1]
