@@ -27,6 +27,8 @@ from typing import Any
 
 import jax
 
+from benchmarks import _charts
+
 __all__ = ["row", "time_us", "time_many_us", "discover", "format_table", "environment", "main"]
 
 KEYS = ("workload", "case", "impl", "value", "unit", "baseline")
@@ -55,38 +57,9 @@ def row(
     }
 
 
-def time_us(
-    fn: Callable[[], Any],
-    *,
-    quick: bool = False,
-    repeats: int | None = None,
-    warmup: int = 2,
-    stat: str = "min",
-    block: bool = True,
-    cpu_time: bool = False,
-) -> float:
-    """Microseconds per call of ``fn()``: the minimum (or median) over repeated runs.
-
-    ``fn`` is called ``warmup`` times first (compilation, caches). Each repeat calls it
-    ``number`` times in a row, ``number`` chosen so one repeat lasts long enough to
-    time (as ``timeit`` does). With ``block`` every result is passed to
-    ``jax.block_until_ready`` so asynchronous dispatch is not mistaken for speed; pass
-    ``block=False`` for pure-Python work (split/merge) where it would only add a walk
-    over the result. The garbage collector is off while timing, as in ``timeit``.
-
-    ``cpu_time`` measures this process's CPU time instead of wall time: right for
-    single-threaded Python work on a busy machine (time spent descheduled is not the
-    code's), wrong for anything that waits on a device or on other threads.
-    """
-    (us,) = time_many_us(
-        {"fn": fn},
-        quick=quick,
-        repeats=repeats,
-        warmup=warmup,
-        stat=stat,
-        block=block,
-        cpu_time=cpu_time,
-    ).values()
+def time_us(fn: Callable[[], Any], *, quick: bool = False, repeats: int | None = None) -> float:
+    """Microseconds per call of ``fn()``: :func:`time_many_us` for one function."""
+    (us,) = time_many_us({"fn": fn}, quick=quick, repeats=repeats).values()
     return us
 
 
@@ -96,21 +69,21 @@ def time_many_us(
     quick: bool = False,
     repeats: int | None = None,
     warmup: int = 2,
-    stat: str = "min",
-    block: bool = True,
-    cpu_time: bool = False,
 ) -> dict[str, float]:
-    """:func:`time_us` for several functions, their repeats interleaved.
+    """The one timer of every benchmark: microseconds per call of each function.
 
-    Round after round, each function gets one repeat in turn, so a burst of load from
-    elsewhere on the machine slows all of them alike and their ratios hold.
+    Each function is called ``warmup`` times first (compilation, caches). Then, round
+    after round, each function in turn runs one *repeat*: ``number`` calls in a row, as
+    many as make the repeat last ``MIN_REPEAT_S`` (``timeit``-style), each call's result
+    passed to ``jax.block_until_ready`` so that asynchronous dispatch is not mistaken for
+    speed (a function timing pure-Python work returns None: nothing to walk).
+    Interleaving means a burst of load from elsewhere on the machine slows every
+    function alike, so the ratios hold. The figure is the **median** over the repeats of
+    wall time per call (``time.perf_counter``); the garbage collector is off while timing.
     """
     repeats = repeats if repeats is not None else (3 if quick else 15)
-    min_repeat_s = 0.005 if quick else 0.02
-    calls = {
-        name: (lambda fn=fn: jax.block_until_ready(fn())) if block else fn
-        for name, fn in fns.items()
-    }
+    min_repeat_s = MIN_REPEAT_S / 4 if quick else MIN_REPEAT_S
+    calls = {name: (lambda fn=fn: jax.block_until_ready(fn())) for name, fn in fns.items()}
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -118,34 +91,35 @@ def time_many_us(
     gc.collect()
     gc.disable()
     try:
-        clock = time.process_time if cpu_time else time.perf_counter
-        numbers = {name: _calibrate(call, min_repeat_s, clock) for name, call in calls.items()}
+        numbers = {name: _calibrate(call, min_repeat_s) for name, call in calls.items()}
         samples: dict[str, list[float]] = {name: [] for name in calls}
         for _ in range(repeats):
             for name, call in calls.items():
-                samples[name].append(_run(call, numbers[name], clock) / numbers[name])
+                samples[name].append(_run(call, numbers[name]) / numbers[name])
     finally:
         if collecting:
             gc.enable()
-    pick = min if stat == "min" else statistics.median
-    return {name: pick(s) * 1e6 for name, s in samples.items()}
+    return {name: statistics.median(s) * 1e6 for name, s in samples.items()}
 
 
-def _calibrate(call: Callable[[], Any], min_repeat_s: float, clock: Callable[[], float]) -> int:
+MIN_REPEAT_S = 0.02  # one repeat lasts at least this long (a quarter of it with --quick)
+
+
+def _calibrate(call: Callable[[], Any], min_repeat_s: float) -> int:
     """How many calls in a row make one repeat last at least ``min_repeat_s``."""
     number = 1
     while True:
-        elapsed = _run(call, number, clock)
+        elapsed = _run(call, number)
         if elapsed >= min_repeat_s or number >= 1 << 20:
             return number
         number *= max(2, min(10, int(min_repeat_s / max(elapsed, 1e-9)) + 1))
 
 
-def _run(call: Callable[[], Any], number: int, clock: Callable[[], float]) -> float:
-    start = clock()
+def _run(call: Callable[[], Any], number: int) -> float:
+    start = time.perf_counter()
     for _ in range(number):
         call()
-    return clock() - start
+    return time.perf_counter() - start
 
 
 # --- discovery -------------------------------------------------------------------------
@@ -324,6 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only", default="", help="comma-separated workload ids or names, e.g. W1,W3"
     )
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    parser.add_argument(
+        "--docs",
+        metavar="FOLDER",
+        help="also write the Markdown table (results.md) and one SVG chart per workload "
+        "into FOLDER (docs/performance for the docs page; needs matplotlib)",
+    )
     args = parser.parse_args(argv)
     only = [t for t in args.only.split(",") if t.strip()]
     rows = collect(only, args.quick)
@@ -336,6 +316,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         text += format_table(rows, markdown=True) + "\n"
         pathlib.Path(args.markdown).write_text(text)
         print(f"\nMarkdown table written to {args.markdown}")
+    if args.docs:
+        folder = pathlib.Path(args.docs)
+        names = _charts.write_charts(rows, folder, env)
+        text = f"Measured {env}{' with --quick' if args.quick else ''}.\n\n"
+        text += "\n".join(f"![{n[:-4]}]({n})" for n in names) + "\n\n"
+        text += format_table(rows, markdown=True) + "\n"
+        (folder / "results.md").write_text(text)
+        print(f"\nCharts and table written to {folder}")
     failed = [r["workload"] for r in rows if r["impl"] == FAILED]
     if failed:
         print(f"\nFailed modules (traceback above): {', '.join(failed)}", file=sys.stderr)

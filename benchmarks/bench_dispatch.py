@@ -25,13 +25,12 @@ spec's floor:
   single buffer;
 - "Flax NNX (refs)": nnx Variables on refs, when they run under ``jax.jit`` here.
 
-Timing: after warm-up, ``steps`` calls back to back, then one block on the result; the
-per-step figure is that loop's wall time over ``steps`` (dispatch included, as in a
-training loop), the minimum over repeats.
+Timing: the harness's one timer (:func:`benchmarks._harness.time_many_us`): every
+implementation of a case interleaved, each call a step followed by a block on one of
+its results, the median wall time per step.
 """
 
 import functools
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,25 +39,11 @@ import jax.numpy as jnp
 import optax
 
 import statetree as st
+from benchmarks._harness import row, time_many_us
 
 WORKLOAD = "W2 in-place adam step"
 BASELINE = "raw JAX functional + donation"
 TX = optax.adam(1e-3)
-
-
-def _time(step: Callable[[], None], block: Callable[[], Any], steps: int, repeats: int) -> float:
-    """Per-step wall time in microseconds: min over repeats of a loop of ``steps``."""
-    for _ in range(3):
-        step()
-    jax.block_until_ready(block())
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        jax.block_until_ready(block())
-        best = min(best, (time.perf_counter() - start) / steps)
-    return best * 1e6
 
 
 # ------------------------------------------------------------------------ models
@@ -208,12 +193,9 @@ def run(quick: bool, *, counts: Sequence[int] = (10, 100, 1000)) -> list[dict]:
     cases += [(f"{n:,} Variables (8x8)", functools.partial(_many, n)) for n in counts]
     n = min(counts)
     cases.append((f"{n:,} Variables (8x8), data closed over", functools.partial(_many, n, True)))
-    repeats = 3 if quick else 7
     rows: list[dict] = []
     for case, make in cases:
         params, loss, batch = make()
-        n = len(params)
-        steps = max(20, (200 if quick else 600) // max(1, n // 10))
         impls: list[tuple[str, Any]] = [
             (BASELINE, _functional(params, loss, batch, donate=True)),
             ("raw JAX functional (no donation)", _functional(params, loss, batch, donate=False)),
@@ -224,21 +206,20 @@ def run(quick: bool, *, counts: Sequence[int] = (10, 100, 1000)) -> list[dict]:
             ("statetree (packed, one tree)", _statetree_one(params, loss, batch)),
             ("Flax NNX (refs)", _nnx(params, loss, batch)),
         ]
-        for impl, pair in impls:
-            if pair is None:
-                continue
-            value = _time(pair[0], pair[1], steps, repeats)
-            rows.append(
-                {
-                    "workload": WORKLOAD,
-                    "case": case,
-                    "impl": impl,
-                    "value": value,
-                    "unit": "us",
-                    "baseline": impl == BASELINE,
-                }
-            )
+        steps = {impl: _blocking(*pair) for impl, pair in impls if pair is not None}
+        for impl, value in time_many_us(steps, quick=quick).items():
+            rows.append(row(WORKLOAD, case, impl, value, "us", baseline=impl == BASELINE))
     return rows
+
+
+def _blocking(step: Callable[[], None], result: Callable[[], Any]) -> Callable[[], Any]:
+    """One step, then (for the harness to block on) one of the arrays it wrote."""
+
+    def call() -> Any:
+        step()
+        return result()
+
+    return call
 
 
 def targets(rows: list[dict]) -> dict[str, float]:

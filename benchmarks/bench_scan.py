@@ -13,14 +13,16 @@ computes the same numbers and leaves the new per-layer statistics and keys behin
 - "Flax NNX": the guide's way, ref-backed ``nnx`` Variables (``nnx.var_defaults(ref=True)``)
   created with ``nnx.vmap`` and scanned with ``jax.lax.scan``.
 
-Cases, per depth (8, 32, 128 layers), each the best of interleaved repetitions:
+Cases, per depth (8, 32, 128 layers), timed by the harness's one timer (interleaved,
+median per call):
 
 - "run": time per jitted forward call, in a loop of calls. It includes JAX's dispatch,
   which takes a slow Python path for every ``jax.Ref`` argument (~10 us each here; the
   block has 9 Variables), a fixed cost that shows at small depths.
 - "scan only": time per forward when 20 forwards run inside one jitted call
   (``jax.lax.fori_loop``): the scan's own cost, dispatch amortised.
-- "compile": trace + lower + compile of a fresh function (flat in depth for a scan).
+- "compile": trace + lower + compile of a fresh function (flat in depth for a scan), one
+  measurement: a compile cannot be repeated without its caches.
 Run alone: ``python -m benchmarks.bench_scan``.
 """
 
@@ -33,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 import statetree as st
+from benchmarks._harness import row, time_many_us
 
 WORKLOAD = "W4 scan over layers"
 DEPTHS = (8, 32, 128)
@@ -179,14 +182,6 @@ def nnx_setup(depth: int) -> tuple[Callable[..., Any], Callable[[], tuple]] | No
 
 
 # ---------------------------------------------------------------------------- timing
-def _batch_ms(call: Callable[[], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = call()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / calls * 1e3
-
-
 def _compile_ms(fn: Callable[..., Any], args: tuple) -> float:
     # A fresh function object each time, so no trace or compile cache is hit.
     def fresh(*a: Any) -> Any:
@@ -264,35 +259,21 @@ def _impls(depth: int, x: jax.Array) -> dict[str, _Impl]:
 
 def run(quick: bool, *, depths: Sequence[int] = DEPTHS) -> list[dict]:
     """Rows for each depth (layers) in ``depths``."""
-    calls, repeats = (5, 3) if quick else (20, 10)
     x = jax.random.normal(jax.random.key(1), (BATCH, DIN))
     rows: list[dict] = []
     for depth in depths:
         impls = _impls(depth, x)
-        for impl in impls.values():  # compile and warm up
-            jax.block_until_ready((impl.call(), impl.looped()))
-        # Interleave the implementations, so a change in machine load hits all alike.
-        run = dict.fromkeys(impls, float("inf"))
-        scan = dict.fromkeys(impls, float("inf"))
-        for _ in range(repeats):
-            for name, impl in impls.items():
-                run[name] = min(run[name], _batch_ms(impl.call, calls))
-                scan[name] = min(scan[name], _batch_ms(impl.looped, 1) / INNER)
+        # The one timer: implementations interleaved, median ms per call.
+        run = time_many_us({name: impl.call for name, impl in impls.items()}, quick=quick)
+        scan = time_many_us({name: impl.looped for name, impl in impls.items()}, quick=quick)
         for name, impl in impls.items():
             for case, value in (
-                (f"{depth} layers, run", run[name]),
-                (f"{depth} layers, scan only", scan[name]),
+                (f"{depth} layers, run", run[name] / 1e3),
+                (f"{depth} layers, scan only", scan[name] / 1e3 / INNER),
                 (f"{depth} layers, compile", impl.compile_ms()),
             ):
                 rows.append(
-                    {
-                        "workload": WORKLOAD,
-                        "case": case,
-                        "impl": name,
-                        "value": value,
-                        "unit": "ms",
-                        "baseline": name == "raw JAX (plain scan)",
-                    }
+                    row(WORKLOAD, case, name, value, "ms", baseline=name == "raw JAX (plain scan)")
                 )
     return rows
 

@@ -147,6 +147,13 @@ IMPLS: dict[str, tuple[Callable, str]] = {
 BASELINE = "raw JAX (tree_util)"
 
 
+def _no_result(fn: Callable[[], Any]) -> Callable[[], None]:
+    def call() -> None:
+        fn()
+
+    return call
+
+
 def run(quick: bool, *, sizes: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Rows for each size (layers); ``sizes`` overrides the default (10, 100, 1000)."""
     if sizes is None:
@@ -164,8 +171,8 @@ def run(quick: bool, *, sizes: Sequence[int] | None = None) -> list[dict[str, An
             except Exception as e:  # a peer that cannot run is shown, not hidden
                 notes[impl] = f"could not run: {type(e).__name__}: {e}".splitlines()[0][:100]
         # All implementations timed in interleaved rounds: their ratios are what matter.
-        # Pure single-threaded Python: CPU time, so load from elsewhere does not count.
-        times = time_many_us(ready, quick=quick, block=False, cpu_time=True)
+        # Pure Python work: the calls return None, so nothing is walked to block on.
+        times = time_many_us({k: _no_result(f) for k, f in ready.items()}, quick=quick)
         for impl in IMPLS:
             value = times.get(impl, float("nan"))
             rows.append(

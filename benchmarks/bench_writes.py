@@ -89,7 +89,8 @@ def _one_ref(n: int, x: jax.Array, whole: bool) -> Callable[[], Any]:
     return lambda: step(ref, x)
 
 
-def run(quick: bool, *, counts: Sequence[int] = (100, 1000)) -> list[dict[str, Any]]:
+def run(quick: bool, *, counts: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    counts = counts if counts is not None else ((10, 50) if quick else (100, 1000))
     rows = []
     x = jnp.ones((SIZE,))
     for n in counts:

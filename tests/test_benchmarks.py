@@ -22,6 +22,8 @@ TINY: dict[str, dict[str, Any]] = {
     "benchmarks.bench_memory": {"depth": 2, "width": 32, "small": (2, 16)},
     "benchmarks.bench_dispatch": {"counts": (3,)},
     "benchmarks.bench_scan": {"depths": (2,)},
+    "benchmarks.bench_writes": {"counts": (3,)},
+    "benchmarks.bench_scale": {"sizes": (40,)},
 }
 OURS = set(TINY)
 
@@ -131,9 +133,38 @@ def test_time_us_calls_and_blocks() -> None:
         calls.append(1)
         return jnp.ones(3)
 
-    assert _harness.time_us(fn, quick=True, repeats=2, warmup=1) > 0
-    assert len(calls) >= 3
-    assert _harness.time_us(lambda: {"not": "an array"}, quick=True, block=False) > 0
+    assert _harness.time_us(fn, quick=True, repeats=2) > 0
+    assert len(calls) >= 4  # two warm-up calls, then at least one per repeat
+    assert _harness.time_us(lambda: None, quick=True) > 0  # pure Python: nothing to block
+
+
+def test_time_many_us_interleaves_and_takes_the_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+    # Seconds per repeat from a fake clock: the first of each is the calibration run;
+    # then "a" takes 1 s and "b" 3 s, except one slow repeat each (load from elsewhere),
+    # which the median ignores.
+    seconds = {"a": [1, 1, 1, 9, 1, 1], "b": [3, 3, 3, 3, 30, 3]}
+
+    def fake_run(call: Any, number: int) -> float:
+        name = call()
+        order.append(name)
+        return float(seconds[name].pop(0))
+
+    monkeypatch.setattr(_harness, "_run", fake_run)
+    times = _harness.time_many_us({"a": lambda: "a", "b": lambda: "b"}, repeats=5, warmup=0)
+    assert times == {"a": 1e6, "b": 3e6}
+    assert order == ["a", "b"] * 6  # calibration, then round after round
+
+
+def test_main_writes_charts_and_results_for_the_docs(
+    fake_modules: list[str], tmp_path: pathlib.Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    assert _harness.main(["--quick", "--only", "W8", "--docs", str(tmp_path)]) == 0
+    svg = (tmp_path / "w9-fake.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    results = (tmp_path / "results.md").read_text()
+    assert "![w9-fake](w9-fake.svg)" in results and "| W9 fake | quick | base |" in results
 
 
 @pytest.fixture
