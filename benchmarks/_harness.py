@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.docs:
         folder = pathlib.Path(args.docs)
         names = _charts.write_charts(rows, folder, env)
-        text = f"Measured {env}{' with --quick' if args.quick else ''}.\n\n"
+        text = f"# Benchmark results\n\nMeasured {env}{' with --quick' if args.quick else ''}.\n\n"
         text += "\n".join(f"![{n[:-4]}]({n})" for n in names) + "\n\n"
         text += format_table(rows, markdown=True) + "\n"
         (folder / "results.md").write_text(text)

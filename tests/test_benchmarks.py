@@ -164,6 +164,7 @@ def test_main_writes_charts_and_results_for_the_docs(
     svg = (tmp_path / "w9-fake.svg").read_text()
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg
     results = (tmp_path / "results.md").read_text()
+    assert results.startswith("# Benchmark results")
     assert "![w9-fake](w9-fake.svg)" in results and "| W9 fake | quick | base |" in results
 
 
