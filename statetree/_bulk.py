@@ -94,7 +94,10 @@ def _replaceable(ref: Any) -> Any:
 
 
 def _key(array: Any) -> Any:
-    return (tuple(array.shape), array.dtype, array.sharding)
+    """What arrays (or Refs) read in one call share: type (weak typing included) and
+    sharding."""
+    aval = array.aval
+    return (getattr(aval, "inner_aval", aval), array.sharding)
 
 
 def read_refs(refs: Sequence[Any]) -> list[Any]:
@@ -119,19 +122,25 @@ def read_refs(refs: Sequence[Any]) -> list[Any]:
 
 def write_refs(refs: Sequence[Any], values: Sequence[Any]) -> None:
     """``ref[...] = value`` for each pair; the values already have their Ref's shape
-    and dtype. Values that are not arrays on their Ref's sharding go one by one."""
-    keys = []
-    for ref, value in zip(refs, values, strict=True):
-        ok = (
-            isinstance(value, jax.Array)
-            and not isinstance(value, jax.core.Tracer)
-            and jax.typeof(value) == jax.typeof(ref).inner_aval
-            and value.sharding == ref.sharding
-        )
-        keys.append(_key(ref) if ok else None)
-    batched, alone = _grouped(keys)
+    and dtype. Values that are not concrete arrays of their Ref's type (weak typing
+    included) and sharding go one by one."""
     buffers = [_replaceable(r) for r in refs]
     fast = all(b is not None for b in buffers)
+    keys: list[Any] = []
+    for ref, buf, value in zip(refs, buffers, values, strict=True):
+        if not isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer):
+            keys.append(None)
+            continue
+        sharding = value.sharding
+        if fast:
+            target, target_sharding = buf.aval, buf.sharding
+            same = value.aval == target
+        else:
+            target, target_sharding = jax.typeof(ref).inner_aval, ref.sharding
+            same = jax.typeof(value) == target
+        same = same and (sharding is target_sharding or sharding == target_sharding)
+        keys.append((target, target_sharding) if same else None)
+    batched, alone = _grouped(keys)
     for chunk in batched:
         if fast:
             copies = _copy_arrays([values[i] for i in chunk])

@@ -22,7 +22,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # (tests/_subprocess.py), through `run_page` below; this process has one CPU device.
 # docs/multi-process.md runs as a 2-process job in tests/test_distributed.py.
 SUBPROCESS_PAGES = {ROOT / "docs" / "sharding.md", ROOT / "docs" / "multi-process.md"}
-ALL_PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
+# docs/performance/ holds what `python -m benchmarks --docs` writes: a table, no code.
+GENERATED = ROOT / "docs" / "performance"
+ALL_PAGES = [
+    *sorted(p for p in (ROOT / "docs").rglob("*.md") if GENERATED not in p.parents),
+    ROOT / "README.md",
+]
 PAGES = [p for p in ALL_PAGES if p not in SUBPROCESS_PAGES]
 
 
