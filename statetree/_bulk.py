@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["read_refs", "write_refs", "CHUNK", "MIN_GROUP"]
 
@@ -120,10 +121,29 @@ def read_refs(refs: Sequence[Any]) -> list[Any]:
     return out
 
 
+def _on_device(refs: Sequence[Any], values: Sequence[Any]) -> Sequence[Any]:
+    """``values`` with the NumPy ones of their Ref's shape and dtype (what a checkpoint
+    gives) put on their Ref's sharding in one batched transfer, when there are enough
+    of them to be worth it."""
+    host = [
+        i
+        for i, v in enumerate(values)
+        if isinstance(v, np.ndarray) and v.shape == refs[i].shape and v.dtype == refs[i].dtype
+    ]
+    if len(host) < MIN_GROUP:
+        return values
+    out = list(values)
+    placed = jax.device_put([values[i] for i in host], [refs[i].sharding for i in host])
+    for i, array in zip(host, placed, strict=True):
+        out[i] = array
+    return out
+
+
 def write_refs(refs: Sequence[Any], values: Sequence[Any]) -> None:
     """``ref[...] = value`` for each pair; the values already have their Ref's shape
     and dtype. Values that are not concrete arrays of their Ref's type (weak typing
     included) and sharding go one by one."""
+    values = _on_device(refs, values)
     buffers = [_replaceable(r) for r in refs]
     fast = all(b is not None for b in buffers)
     keys: list[Any] = []

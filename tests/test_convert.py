@@ -177,6 +177,16 @@ def test_many_refs_last_write_to_one_ref_wins() -> None:
     assert values[0].tolist() == [1.0, 1.0]
 
 
+def test_many_refs_take_numpy_values_in_one_transfer() -> None:
+    from statetree import _storage
+
+    refs = [jax.new_ref(jnp.zeros(2, jnp.float32)) for _ in range(20)]
+    values = [np.full(2, i, np.float32) for i in range(20)]
+    _storage.write_all(list(zip(refs, values, strict=True)))
+    values[3][...] = 99.0  # the Refs hold copies: the caller's NumPy arrays stay theirs
+    assert [r[...].tolist() for r in refs] == [[float(i)] * 2 for i in range(20)]
+
+
 def test_many_refs_cut_into_power_of_two_chunks() -> None:
     from statetree import _bulk
 
