@@ -100,14 +100,19 @@ class View:
         return f"View({self.dtype}[{','.join(map(str, self.shape))}] at {self.where!r})"
 
 
+def _explicit(buffer: Any) -> bool:
+    """Whether ``buffer`` lives on a mesh with explicit axes (its layout is its type)."""
+    mesh = getattr(jax.typeof(buffer).sharding, "mesh", None)
+    return jax.sharding.AxisType.Explicit in getattr(mesh, "axis_types", ())
+
+
 def _like_buffer(buffer: Any, value: Any) -> Any:
     """``value`` laid out as ``buffer`` is, when the buffer lives on a mesh with explicit
     axes: JAX then requires a part written into it to match its layout, and an array
     made outside ``jax.set_mesh`` has no layout on that mesh."""
-    sharding = jax.typeof(buffer).sharding
-    mesh = getattr(sharding, "mesh", None)
-    if jax.sharding.AxisType.Explicit not in getattr(mesh, "axis_types", ()):
+    if not _explicit(buffer):
         return value
+    sharding = jax.typeof(buffer).sharding
     if isinstance(buffer, jax.core.Tracer):
         return jax.sharding.reshard(value, sharding)
     return jax.device_put(value, buffer.sharding)
@@ -139,8 +144,10 @@ _WRITTEN = _Written()
 
 
 def _remember(view: View, value: Any) -> None:
-    """After a whole-slot write of ``value`` into ``view``: remember it if traced."""
-    if not isinstance(view.buffer, jax.core.Tracer):
+    """After a whole-slot write of ``value`` into ``view``: remember it if traced (and
+    not on a mesh with explicit axes, where a read from the buffer has the buffer's
+    layout as its type, which the value written need not have)."""
+    if not isinstance(view.buffer, jax.core.Tracer) or _explicit(view.buffer):
         return
     written = _WRITTEN
     trace = jax.extend.core.get_opaque_trace_state()
