@@ -271,7 +271,9 @@ def _group_of(array: Any, i: int) -> tuple[str, Any, Any]:
     if jnp.issubdtype(dtype, jax.dtypes.extended) or array.size >= LARGE:
         return own
     if isinstance(array, jax.core.Tracer):
-        return ("flat", _bits_dtype(dtype), None)
+        # Traced values may be differentiated: a bitcast into a shared integer buffer
+        # would cut their gradient to zero, silently. One buffer per dtype keeps it.
+        return ("flat", np.dtype(dtype), None)
     sharding = array.sharding
     if sharding.is_fully_replicated:
         if isinstance(sharding, NamedSharding):

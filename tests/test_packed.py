@@ -63,6 +63,19 @@ def test_round_trip_equals_plain():
     assert not isinstance(st.freeze(packed), st.Packed)
 
 
+def test_packing_traced_values_keeps_their_gradient():
+    # Packing inside a differentiated function: float and int values of one width once
+    # shared a bitcast integer buffer there, and the gradient came out zero, silently.
+    def loss(w, packed):
+        tree = st.mutable({"w": w, "n": jnp.arange(2, dtype=jnp.int32)}, packed=packed)
+        return jnp.sum(tree["w"][...] ** 2 * tree["n"][...])
+
+    w = jnp.array([1.0, 2.0])
+    expected = jax.grad(loss)(w, False)
+    np.testing.assert_array_equal(expected, [0.0, 4.0])
+    np.testing.assert_array_equal(jax.grad(loss)(w, True), expected)
+
+
 def test_input_is_not_written():
     tree = st.mutable(make_tree())
     packed = st.mutable(tree, packed=True)
