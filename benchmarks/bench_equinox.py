@@ -22,12 +22,9 @@ For the decoder, "step" is one whole generation (a ``jax.lax.fori_loop`` over th
 tokens) and, on a row of its own, one token.
 """
 
-import gc
 import importlib
 import pathlib
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,25 +47,6 @@ _EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "equi
 CASE = "MLP 2->64->3, batch 10"
 
 
-def _time_us(step: Callable[[], Any], quick: bool) -> float:
-    """Median over repeats of the mean time per call, after warm-up (compilation)."""
-    for _ in range(3):
-        jax.block_until_ready(step())
-    number, repeats = (50, 5) if quick else (300, 11)
-    samples = []
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(number):
-                out = step()
-            jax.block_until_ready(out)
-            samples.append((time.perf_counter() - start) / number * 1e6)
-    finally:
-        gc.enable()
-    return statistics.median(samples)
-
-
 def _loss(model: Any, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean((jax.vmap(model)(x) - y) ** 2)
 
@@ -80,7 +58,7 @@ def _data() -> tuple[Any, jax.Array, jax.Array, Any]:
     return mlp, x, y, optax.adam(1e-3)
 
 
-def _raw_jax(quick: bool) -> float:
+def _raw_jax() -> Callable[[], Any]:
     mlp, x, y, tx = _data()
     params, static = eqx.partition(mlp, eqx.is_array)
 
@@ -96,10 +74,10 @@ def _raw_jax(quick: bool) -> float:
         carry[0], carry[1], loss = jitted(carry[0], carry[1], x, y)
         return loss
 
-    return _time_us(call, quick)
+    return call
 
 
-def _equinox(quick: bool) -> float:
+def _equinox() -> Callable[[], Any]:
     mlp, x, y, tx = _data()
 
     @eqx.filter_jit
@@ -114,7 +92,7 @@ def _equinox(quick: bool) -> float:
         carry[0], carry[1], loss = step(carry[0], carry[1], x, y)
         return loss
 
-    return _time_us(call, quick)
+    return call
 
 
 def _grads(model: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]:
@@ -125,7 +103,7 @@ def _grads(model: Any, x: jax.Array, y: jax.Array) -> tuple[Any, Any, jax.Array]
     return params, grads, loss
 
 
-def _statetree_optimizer(quick: bool, packed: bool = False) -> float:
+def _statetree_optimizer(packed: bool = False) -> Callable[[], Any]:
     """The in-place step with ``st.Optimizer``; ``packed`` packs the model and the
     optimizer state into a few buffers, so jit dispatches a few Refs."""
     mlp, x, y, tx = _data()
@@ -138,10 +116,10 @@ def _statetree_optimizer(quick: bool, packed: bool = False) -> float:
         optimizer.update(model, grads)
         return loss
 
-    return _time_us(lambda: step(model, optimizer, x, y), quick)
+    return lambda: step(model, optimizer, x, y)
 
 
-def _statetree_optax(quick: bool) -> float:
+def _statetree_optax() -> Callable[[], Any]:
     mlp, x, y, tx = _data()
     model = eqxst.mutable(mlp)
     opt_state = st.mutable(tx.init(st.unbox(st.state(model, st.Param))))
@@ -161,17 +139,17 @@ def _statetree_optax(quick: bool) -> float:
         )
         return loss
 
-    return _time_us(lambda: step(model, opt_state, x, y), quick)
+    return lambda: step(model, opt_state, x, y)
 
 
-def _ref_floor(quick: bool) -> tuple[float, int]:
+def _ref_floor() -> tuple[Callable[[], Any], int]:
     """A jitted no-op given as many raw ``jax.Ref``s as the in-place step takes: what
     JAX's dispatch of Ref arguments costs before any statetree code runs."""
     mlp, _, _, tx = _data()
     params = eqx.filter(mlp, eqx.is_array)
     refs = [jax.new_ref(a) for a in jtu.tree_leaves((params, tx.init(params)))]
     noop = jax.jit(lambda refs: jnp.zeros(()))
-    return _time_us(lambda: noop(refs), quick), len(refs)
+    return (lambda: noop(refs)), len(refs)
 
 
 # ----------------------------------------------------------------------------- examples
@@ -330,21 +308,18 @@ def _mlp_rows(quick: bool) -> list[dict]:
             "baseline": baseline,
         }
 
-    rows = [
-        row("raw JAX (functional jit, donation)", _raw_jax(quick), baseline=True),
-        row("Equinox (eqx.filter_jit, functional)", _equinox(quick)),
-        row("statetree (jax.jit in place, optax in step)", _statetree_optax(quick)),
-    ]
-    floor, n = _ref_floor(quick)
-    rows.append(row(f"floor: jax.jit no-op taking {n} raw jax.Refs", floor))
-    rows.append(row("statetree (jax.jit in place, st.Optimizer)", _statetree_optimizer(quick)))
-    rows.append(
-        row(
-            "statetree (in place, packed model + optimizer)",
-            _statetree_optimizer(quick, packed=True),
-        )
-    )
-    return rows
+    floor, n = _ref_floor()
+    fns = {
+        "raw JAX (functional jit, donation)": _raw_jax(),
+        "Equinox (eqx.filter_jit, functional)": _equinox(),
+        "statetree (jax.jit in place, optax in step)": _statetree_optax(),
+        f"floor: jax.jit no-op taking {n} raw jax.Refs": floor,
+        "statetree (jax.jit in place, st.Optimizer)": _statetree_optimizer(),
+        "statetree (in place, packed model + optimizer)": _statetree_optimizer(packed=True),
+    }
+    us = time_many_us(fns, quick=quick)  # interleaved, like every other row
+    baseline = next(iter(fns))
+    return [row(impl, value, baseline=impl == baseline) for impl, value in us.items()]
 
 
 if __name__ == "__main__":
