@@ -17,7 +17,6 @@ Two rules for values, chosen per plan:
   dtype and shape already, so a State from another model never lands silently.
 """
 
-import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -38,11 +37,14 @@ __all__ = ["Box", "WritePlan", "check_readable", "write_one"]
 Path = tuple[Any, ...]
 
 
-class Box(abc.ABC):  # noqa: B024 - a marker: what it promises is below, not methods
-    """A write target that boxes its storage: ``Variable`` (registered by
-    ``_variables``, which imports this module, so the planner never imports it back).
-    A box has ``_raw`` (its storage or array), ``_describe()`` (for messages) and a
-    class attribute ``differentiable``."""
+class Box:
+    """The base of write targets that box their storage: ``Variable`` derives from it
+    (``_variables`` imports this module, so the planner never imports it back). A box
+    has ``_raw`` (its storage or array), ``_describe()`` (for messages) and a class
+    attribute ``differentiable``. A plain base, not an ABC: ``isinstance`` on every
+    write stays a C-level check."""
+
+    __slots__ = ()
 
 
 def _frozen(target: Any) -> FrozenVariableError:

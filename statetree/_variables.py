@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - private names moved; JAX's own error r
     _AD_TRACERS = ()
 
 
-class Variable(ArrayBehaviour):
+class Variable(ArrayBehaviour, _plan.Box):
     """A box around an array value that ``jax.jit`` can update in place.
 
     A Variable is *mutable* when it holds a ``jax.Ref`` and *frozen* when it holds a plain
@@ -292,7 +292,6 @@ def _register_kind(cls: type[Variable]) -> None:
 
 
 _register_kind(Variable)
-_plan.Box.register(Variable)  # the planner writes into Variables without importing this
 
 
 class Param(Variable):
