@@ -38,5 +38,4 @@ from ._variables import OptState as OptState
 from ._variables import Param as Param
 from ._variables import Variable as Variable
 from ._variables import is_mutable as is_mutable
-
-__version__ = "0.1.0"
+from ._version import __version__ as __version__

@@ -171,3 +171,7 @@ def _async_generator(
         return _FlaggedAsyncGenerator(fn(*args, **kwargs), flag)
 
     return generator
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+use_mutable_arrays.__module__ = "statetree"

@@ -261,3 +261,15 @@ def misfit_report(
     if fix:
         parts.append(fix)
     return "\n".join(parts)
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+for _cls in (
+    StateTreeError,
+    FrozenVariableError,
+    VariableWriteError,
+    RefValueError,
+    AliasError,
+    StructureError,
+):
+    _cls.__module__ = "statetree"

@@ -234,3 +234,7 @@ def bucket(
             + "\nAdd a catch-all filter last: st.split(tree, ..., ...)."
         )
     return buckets, unclaimed
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+PathContains.__module__ = Any.__module__ = All.__module__ = Not.__module__ = "statetree"

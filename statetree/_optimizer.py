@@ -383,3 +383,7 @@ def _unflatten(aux: Any, children: Any) -> Optimizer:
 
 
 jtu.register_pytree_with_keys(Optimizer, _flatten_with_keys, _unflatten, _flatten)
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+Optimizer.__module__ = "statetree"

@@ -369,3 +369,7 @@ def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
             view = View(buffer, where, tuple(array.shape), array.dtype, view_sharding)
             out[i] = kind._from_raw(view, metadata)
     return out
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+Packed.__module__ = "statetree"

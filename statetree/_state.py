@@ -248,3 +248,7 @@ jtu.register_pytree_with_keys(
     lambda keys, values: State._make(keys, list(values)),
     lambda s: (s._values, s._keys),
 )
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+State.__module__ = "statetree"

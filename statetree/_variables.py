@@ -387,3 +387,8 @@ def is_mutable(x: Any) -> bool:
     if isinstance(x, Variable):
         return x.mutable
     return _storage.is_storage(x)
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+for _cls in (Variable, Param, BatchStat, Cache, OptState):
+    _cls.__module__ = "statetree"

@@ -1,12 +1,20 @@
 """Running documentation pages: every ```python block executes, top to bottom, in one
 namespace per page; an ```output block right after one must match what it printed
-(``...`` matches anything, as in doctest's ELLIPSIS)."""
+(``...`` matches anything, as in doctest's ELLIPSIS).
+
+A page runs once per process: the docs tests and a page's own checks
+(tests/test_recipes_*.py) share the namespace of that one run.
+"""
 
 import contextlib
 import doctest
 import io
 import pathlib
 import re
+
+# Pages whose code blocks are all illustration (no runnable code of their own).
+NO_CODE_PAGES = {"README.md", "api.md"}
+_RAN: dict[pathlib.Path, dict[str, object]] = {}
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```\s*$", re.M | re.S)
 
@@ -25,8 +33,15 @@ def matches(expected: str, got: str) -> bool:
 
 
 def run_page(page: pathlib.Path) -> dict[str, object]:
-    """Run every python block of ``page``, compare the output blocks, and return the
-    page's namespace (for tests that check what the page built)."""
+    """Run every python block of ``page`` (once per process), compare the output
+    blocks, and return the page's namespace (for tests that check what it built)."""
+    page = page.resolve()
+    if page not in _RAN:
+        _RAN[page] = _execute(page)
+    return _RAN[page]
+
+
+def _execute(page: pathlib.Path) -> dict[str, object]:
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     last_output: str | None = None
     last_line = 0
@@ -45,6 +60,6 @@ def run_page(page: pathlib.Path) -> dict[str, object]:
                 f"{last_output}\nbut the page shows\n{code}"
             )
             last_output = None
-    if page.name != "README.md":
+    if page.name not in NO_CODE_PAGES:
         assert ran, f"{page.name} has no python blocks to run"
     return namespace

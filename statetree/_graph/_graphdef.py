@@ -227,3 +227,7 @@ class GraphDef:
 
 
 jtu.register_pytree_node(GraphDef, lambda g: ((), g), lambda g, _: g)
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+GraphDef.__module__ = "statetree"
