@@ -129,3 +129,6 @@ def bind_haiku(apply_fn: Callable[..., Any], params: Any, state: Any) -> BoundHa
       Array(1, dtype=int32)
     """
     return BoundHaiku(apply_fn, params, state)
+
+
+BoundHaiku.__module__ = "statetree.adapters.dicts"  # public there (re-exported by dicts)

@@ -75,7 +75,7 @@ def check_aliases(tree: Any) -> None:
       >>> st.check_aliases({"a": v, "b": v})
       Traceback (most recent call last):
         ...
-      statetree._errors.AliasError: 1 Variable(s)/Ref(s) appear at several paths of this tree:
+      statetree.AliasError: 1 Variable(s)/Ref(s) appear at several paths of this tree:
         ['a'] <-> ['b']
       jax.jit refuses ...
     """

@@ -22,6 +22,10 @@ import statetree
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 API_PAGE = ROOT / "docs" / "api.md"
 ENTRY = re.compile(r"^:::\s+statetree\.(\w+)\s*$", re.M)
+# Adapters are documented from their source folder (`adapters/`, shipped as
+# `statetree.adapters`): mkdocstrings reads sources and cannot follow the package-dir map.
+ADAPTER_ENTRY = re.compile(r"^:::\s+adapters\.(\w+)\.(\w+)\s*$", re.M)
+ADAPTERS = ("equinox", "dicts")
 
 
 def public_names() -> list[str]:
@@ -40,6 +44,50 @@ def own_docstring(obj: object) -> str:
     """The object's own docstring: a class without one does not borrow its base's."""
     doc = vars(obj).get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
     return inspect.cleandoc(doc) if isinstance(doc, str) else ""
+
+
+def test_public_classes_print_as_statetree() -> None:
+    classes = [getattr(statetree, n) for n in public_names()]
+    classes = [c for c in classes if isinstance(c, type)]
+    assert len(classes) > 15
+    wrong = [f"{c.__module__}.{c.__qualname__}" for c in classes if c.__module__ != "statetree"]
+    assert not wrong, (
+        f'{wrong} print with their private module. Add `X.__module__ = "statetree"` at the '
+        "end of the module that defines each."
+    )
+    assert repr(statetree.AliasError) == "<class 'statetree.AliasError'>"
+
+
+def test_version_comes_from_the_installed_metadata() -> None:
+    from importlib import metadata
+
+    assert statetree.__version__ == metadata.version("statetree")
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", statetree.__version__)
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_adapter_public_names_are_declared_and_documented(name: str) -> None:
+    module = importlib.import_module(f"statetree.adapters.{name}")
+    public = module.__all__
+    assert public and all(hasattr(module, n) for n in public), public
+    assert {"jax", "np", "Any", "st"}.isdisjoint(public)
+    documented = [n for m, n in ADAPTER_ENTRY.findall(API_PAGE.read_text()) if m == name]
+    missing = sorted(set(public) - set(documented))
+    assert not missing, (
+        f"docs/api.md has no entry for statetree.adapters.{name}: {missing}. Add e.g.\n"
+        + "\n".join(f"::: adapters.{name}.{n}" for n in missing)
+    )
+    stale = sorted(set(documented) - set(public))
+    assert not stale, f"docs/api.md documents names not in {name}.__all__: {stale}"
+    callables = [n for n in public if callable(getattr(module, n))]
+    undocumented = [n for n in callables if not own_docstring(getattr(module, n))]
+    assert not undocumented, f"statetree.adapters.{name}: no docstring for {undocumented}"
+
+
+def test_api_page_has_only_reference_entries() -> None:
+    # The page is generated from docstrings; a leftover code block would show as a
+    # stray example above the reference.
+    assert "```" not in API_PAGE.read_text()
 
 
 def test_public_names_are_found() -> None:

@@ -13,7 +13,7 @@ import pathlib
 import pkgutil
 
 import pytest
-from _pages import run_page
+from _pages import blocks, run_page
 
 import statetree
 
@@ -34,6 +34,41 @@ PAGES = [p for p in ALL_PAGES if p not in SUBPROCESS_PAGES]
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_page_runs(page: pathlib.Path) -> None:
     run_page(page)
+
+
+# Code blocks scroll sideways past this width on the site's page column.
+CODE_COLUMNS = 88
+
+
+@pytest.mark.parametrize("page", ALL_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_page_code_fits_the_column(page: pathlib.Path) -> None:
+    long = [
+        f"{page.name}:{line + i + 1}: {len(text)} columns"
+        for lang, code, line in blocks(page.read_text())
+        if lang not in ("output", "")
+        for i, text in enumerate(code.splitlines())
+        if len(text) > CODE_COLUMNS
+    ]
+    assert not long, f"code lines wider than {CODE_COLUMNS} columns:\n" + "\n".join(long)
+
+
+def test_pages_cite_nothing_users_cannot_see() -> None:
+    # The design spec lives outside the published docs; a page citing it sends readers
+    # nowhere. (Lower-case `spec` is a word of its own: a PartitionSpec, a filter_spec.)
+    citing = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in ALL_PAGES
+        for n, text in enumerate(p.read_text().splitlines(), 1)
+        if "SPEC" in text
+    ]
+    assert not citing, f"pages cite the spec: {citing}"
+
+
+def test_site_loads_nothing_from_a_cdn() -> None:
+    # Diagrams are inline SVG and the theme uses system fonts: the site works offline.
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "mermaid" not in config and "font: false" in config
+    assert not [p for p in ALL_PAGES if "```mermaid" in p.read_text()]
 
 
 def _modules() -> list[str]:
