@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench docs clean
+.PHONY: demo test lint typecheck bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)
+test: lint typecheck
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+
+# pyright (pinned in pyproject.toml; its Node runtime is a PyPI wheel): the package, the
+# adapters and the examples, then the code of every docs page as a user would write it.
+typecheck: $(STAMP)
+	$(BIN)/pyright
+	$(BIN)/python tests/_pages.py build/typecheck
+	$(BIN)/pyright -p build/typecheck
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -63,3 +63,54 @@ def _execute(page: pathlib.Path) -> dict[str, object]:
     if page.name not in NO_CODE_PAGES:
         assert ran, f"{page.name} has no python blocks to run"
     return namespace
+
+
+def extract(dest: pathlib.Path, pages: list[pathlib.Path], root: pathlib.Path) -> None:
+    """Write each page's python blocks, in order, to one module per page under
+    ``dest/docs/`` (for pyright: the blocks of a page share one namespace, as when the
+    tests run them). Each block starts with a comment naming its page and line."""
+    out = dest / "docs"
+    out.mkdir(parents=True, exist_ok=True)
+    for page in pages:
+        parts = [f"# Generated from {page.relative_to(root)} by tests/_pages.py.\n"]
+        for lang, code, line in blocks(page.read_text()):
+            if lang == "python":
+                parts.append(f"\n# {page.relative_to(root)}:{line + 1}\n{code}")
+        name = str(page.relative_to(root).with_suffix("")).replace("/", "__").replace("-", "_")
+        (out / f"{name}.py").write_text("".join(parts))
+
+
+def typecheck_tree(dest: pathlib.Path, root: pathlib.Path) -> None:
+    """Lay out ``dest`` for pyright to check the docs' code as a user's would be: the
+    package as installed (``statetree`` with ``statetree.adapters`` inside, made of
+    links to the sources, since pyright cannot follow the editable install's import
+    hook) and one module per docs page."""
+    import json
+    import shutil
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    package = dest / "statetree"
+    package.mkdir(parents=True)
+    for entry in (root / "statetree").iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
+    (package / "adapters").symlink_to(root / "adapters")
+    pages = [*sorted((root / "docs").rglob("*.md")), root / "README.md"]
+    extract(dest, pages, root)
+    config = {
+        "include": ["docs"],
+        "venvPath": str(root),
+        "venv": ".venv",
+        "pythonVersion": "3.11",
+        "typeCheckingMode": "standard",
+        # Pages print values as they go; a bare expression is not a mistake there.
+        "reportUnusedExpression": "none",
+    }
+    (dest / "pyrightconfig.json").write_text(json.dumps(config, indent=2))
+
+
+if __name__ == "__main__":  # python tests/_pages.py DEST: what `make typecheck` checks
+    import sys
+
+    typecheck_tree(pathlib.Path(sys.argv[1]).resolve(), pathlib.Path(__file__).parents[1])
