@@ -85,7 +85,7 @@ def main() -> None:
             args, run = (state,), train_step_one
         else:
             args, run = (m, opt), train_step
-        jax.block_until_ready(run(*args, x, y))  # compile
+        loss = jax.block_until_ready(run(*args, x, y))  # compile
         start = time.perf_counter()
         for _ in range(200):
             loss = run(*args, x, y)
