@@ -13,7 +13,7 @@ import pathlib
 import pkgutil
 
 import pytest
-from _pages import blocks, run_page
+from _pages import blocks, run_page, typecheck_tree
 
 import statetree
 
@@ -69,6 +69,23 @@ def test_site_loads_nothing_from_a_cdn() -> None:
     config = (ROOT / "mkdocs.yml").read_text()
     assert "mermaid" not in config and "font: false" in config
     assert not [p for p in ALL_PAGES if "```mermaid" in p.read_text()]
+
+
+def test_typecheck_tree_holds_every_page_and_the_installed_layout(
+    tmp_path: pathlib.Path,
+) -> None:
+    # What `make typecheck` hands pyright for the docs: `statetree.adapters` importable
+    # as installed, and each page's python blocks in order, in one module per page.
+    typecheck_tree(tmp_path / "tc", ROOT)
+    assert (tmp_path / "tc" / "statetree" / "adapters" / "dicts.py").is_file()
+    assert (tmp_path / "tc" / "statetree" / "__init__.py").is_file()
+    modules = sorted((tmp_path / "tc" / "docs").glob("*.py"))
+    assert len(modules) == len(ALL_PAGES)
+    concepts = (tmp_path / "tc" / "docs" / "docs__concepts.py").read_text()
+    page_blocks = blocks((ROOT / "docs" / "concepts.md").read_text())
+    python = [code for lang, code, _ in page_blocks if lang == "python"]
+    positions = [concepts.index(code) for code in python]
+    assert positions == sorted(positions) and len(positions) > 3
 
 
 def _modules() -> list[str]:
