@@ -57,12 +57,14 @@ def test_discover_finds_every_module() -> None:
     assert found >= OURS
 
 
+@pytest.mark.slow
 def test_every_module_runs(results: dict[str, list[dict[str, Any]]]) -> None:
     for name, rows in results.items():
         check_rows(rows)
         assert _harness.format_table(rows), name
 
 
+@pytest.mark.slow
 def test_every_implementation_ran(results: dict[str, list[dict[str, Any]]]) -> None:
     # Flax and Equinox are dev dependencies, so no peer may be n/a here; W1's checks
     # (the tie is one Variable after st.merge and nnx.merge) raise into a NaN row.
@@ -71,6 +73,7 @@ def test_every_implementation_ran(results: dict[str, list[dict[str, Any]]]) -> N
         assert not failed, f"{name}: {failed}"
 
 
+@pytest.mark.slow
 def test_split_merge_names_every_peer(results: dict[str, list[dict[str, Any]]]) -> None:
     rows = results["benchmarks.bench_split_merge"]
     impls = {r["impl"] for r in rows}
@@ -78,6 +81,7 @@ def test_split_merge_names_every_peer(results: dict[str, list[dict[str, Any]]]) 
     assert [r["impl"] for r in rows if r["baseline"]] == ["raw JAX (tree_util)"]
 
 
+@pytest.mark.slow
 def test_memory_in_place_keeps_one_copy(results: dict[str, list[dict[str, Any]]]) -> None:
     rows = results["benchmarks.bench_memory"]
     size = TINY["benchmarks.bench_memory"]
