@@ -104,8 +104,10 @@ def typecheck_tree(dest: pathlib.Path, root: pathlib.Path) -> None:
         "venv": ".venv",
         "pythonVersion": "3.11",
         "typeCheckingMode": "standard",
-        # Pages print values as they go; a bare expression is not a mistake there.
+        # Pages print values as they go and define a function again when the text
+        # moves on to a variant of it: neither is a mistake there.
         "reportUnusedExpression": "none",
+        "reportRedeclaration": "none",
     }
     (dest / "pyrightconfig.json").write_text(json.dumps(config, indent=2))
 
