@@ -3,7 +3,7 @@ in mutable Variables written in place. Public ``statetree`` names only.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import statetree as st
 
@@ -11,8 +11,11 @@ from ._trees import assign, mutable, require_mutable, unpack
 
 __all__ = ["from_haiku", "bind_haiku", "BoundHaiku"]
 
+P = TypeVar("P")
+S = TypeVar("S")
 
-def from_haiku(params: Any, state: Any) -> tuple[Any, Any]:
+
+def from_haiku(params: P, state: S) -> tuple[P, S]:
     """Haiku's ``(params, state)`` as mutable Variables.
 
     Args:

@@ -5,7 +5,7 @@ Public ``statetree`` names only.
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -15,6 +15,7 @@ import statetree as st
 __all__ = ["mutable", "freeze", "assign", "require_mutable", "unpack", "check_kind"]
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic)
+T = TypeVar("T")  # mutable/freeze return the type they are given
 
 
 def _is_variable(x: Any) -> bool:
@@ -37,7 +38,7 @@ def check_kind(kind: Any, where: str) -> None:
 
 
 # ---------------------------------------------------------------------------- plain trees
-def mutable(tree: Any, kind: type = st.Param) -> Any:
+def mutable(tree: T, kind: type = st.Param) -> T:
     """The tree with every array leaf in a new mutable ``kind`` Variable.
 
     Args:
@@ -70,7 +71,7 @@ def mutable(tree: Any, kind: type = st.Param) -> Any:
     return st.mutable(jax.tree.map(box, tree, is_leaf=_is_variable))
 
 
-def freeze(tree: Any) -> Any:
+def freeze(tree: T) -> T:
     """The tree with every Variable replaced by its current array (``st.unbox``).
 
     Args:

@@ -32,7 +32,7 @@ import contextvars
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,7 @@ except ImportError:  # pragma: no cover - private names moved
     _BatchTracer = None
 
 _ARRAYS = (jax.Array, np.ndarray, np.generic)
+T = TypeVar("T")  # mutable/freeze return the type they are given (eqx.nn.MLP stays one)
 
 
 def _is_module_or_state(x: Any) -> bool:
@@ -561,7 +562,7 @@ def _restore(tree: Any) -> Any:
     )
 
 
-def mutable(obj: Any) -> Any:
+def mutable(obj: T) -> T:
     """``obj`` (an ``eqx.Module``, ``eqx.nn.State``, or a tree of them) with every array
     in a mutable Variable; ``jax.jit`` & co. take the result directly.
 
@@ -574,7 +575,7 @@ def mutable(obj: Any) -> Any:
     return st.mutable(_convert(obj, st.Param, ()))
 
 
-def freeze(obj: Any) -> Any:
+def freeze(obj: T) -> T:
     """Plain Equinox again: modules of their original classes, ``eqx.nn.State``s, arrays
     (snapshots of the refs' current values), tied weights as ``eqx.nn.Shared`` has them.
 

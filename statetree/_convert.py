@@ -6,7 +6,7 @@ sharing: two paths that held one Variable hold one (new) Variable after.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 import jax.numpy as jnp
 
@@ -16,6 +16,9 @@ from ._graph import GraphDef
 from ._variables import Variable
 
 __all__ = ["mutable", "freeze", "unbox"]
+
+# mutable/freeze return the type they are given (an IDE keeps `eqx.nn.MLP`, a dict, ...).
+T = TypeVar("T")
 
 
 def _chosen(graphdef: GraphDef, values: list[Any], only: Any) -> list[bool]:
@@ -94,6 +97,12 @@ def _to_array(value: Any) -> Any:
     return value._raw if isinstance(value, Variable) else value
 
 
+@overload
+def mutable(tree: T, only: Any = ..., packed: Literal[False] = False) -> T: ...
+@overload
+def mutable(tree: Any, only: Any = ..., *, packed: Literal[True]) -> _packed.Packed: ...
+@overload
+def mutable(tree: T, only: Any = ..., packed: bool = False) -> T | _packed.Packed: ...
 def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
     """A new tree in which every Variable (matching ``only``) is mutable.
 
@@ -141,7 +150,7 @@ def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
     return _map_values(tree, _to_mutable, only, "mutable", pack=packed)
 
 
-def freeze(tree: Any, only: Any = ...) -> Any:
+def freeze(tree: T, only: Any = ...) -> T:
     """A new tree in which mutable Variables (matching ``only``) are frozen snapshots and
     raw ``jax.Ref`` leaves are arrays.
 
