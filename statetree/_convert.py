@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from . import _graph, _packed, _plan, _storage
 from ._filters import needs_path, to_predicate
 from ._graph import GraphDef
+from ._packed import Packed
 from ._variables import Variable
 
 __all__ = ["mutable", "freeze", "unbox"]
@@ -100,9 +101,9 @@ def _to_array(value: Any) -> Any:
 @overload
 def mutable(tree: T, only: Any = ..., packed: Literal[False] = False) -> T: ...
 @overload
-def mutable(tree: Any, only: Any = ..., *, packed: Literal[True]) -> _packed.Packed: ...
+def mutable(tree: Any, only: Any = ..., *, packed: Literal[True]) -> Packed: ...
 @overload
-def mutable(tree: T, only: Any = ..., packed: bool = False) -> T | _packed.Packed: ...
+def mutable(tree: T, only: Any = ..., packed: bool = False) -> T | Packed: ...
 def mutable(tree: Any, only: Any = ..., packed: bool = False) -> Any:
     """A new tree in which every Variable (matching ``only``) is mutable.
 
