@@ -89,7 +89,7 @@ class VariableIndexError(StateTreeError, IndexError):
       >>> v[5] = 1.0
       Traceback (most recent call last):
         ...
-      statetree._errors.VariableIndexError: Index 5 does not fit mutable Variable float32[3] ...
+      statetree.VariableIndexError: Index 5 does not fit mutable Variable float32[3] ...
     """
 
 
@@ -105,7 +105,7 @@ class UnreadableValueError(StateTreeError, RuntimeError):
       >>> st.mutable({"w": x})
       Traceback (most recent call last):
         ...
-      statetree._errors.UnreadableValueError: mutable: ...['w']...deleted...
+      statetree.UnreadableValueError: mutable: ...['w']...deleted...
     """
 
 
@@ -268,6 +268,8 @@ for _cls in (
     StateTreeError,
     FrozenVariableError,
     VariableWriteError,
+    VariableIndexError,
+    UnreadableValueError,
     RefValueError,
     AliasError,
     StructureError,
