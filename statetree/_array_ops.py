@@ -42,7 +42,7 @@ class ArrayBehaviour(_StaticBase):
 
     # Elementwise ``==`` makes Variables unhashable by default (and jax.Array says so);
     # identity is what the graph code needs, so keep object hashing.
-    def __hash__(self) -> int:  # pyright: ignore[reportIncompatibleVariableOverride]
+    def __hash__(self) -> int:
         return object.__hash__(self)
 
     # ------------------------------------------------------------ arithmetic
@@ -188,7 +188,7 @@ class ArrayBehaviour(_StaticBase):
         return out.copy() if copy else out
 
     def __len__(self) -> int:
-        shape = self.shape  # type: ignore[attr-defined]
+        shape = self.shape
         if not shape:
             raise TypeError("len() of unsized object: this Variable holds a scalar.")
         return shape[0]
@@ -197,7 +197,7 @@ class ArrayBehaviour(_StaticBase):
         return iter(self.value)
 
     def __round__(self, ndigits: int | None = None) -> Any:
-        return round(self.value, ndigits)  # type: ignore[call-overload]
+        return round(self.value, ndigits)
 
     def __getattr__(self, name: str) -> Any:
         # Array methods and properties (`.T`, `.reshape`, `.sum`, `.at`, ...) come from

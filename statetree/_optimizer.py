@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax

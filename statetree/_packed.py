@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import jax
+import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.extend.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -67,7 +68,7 @@ class View:
         where = self.where
         if where is None:
             value = self.buffer[...]
-        elif type(where) is tuple:
+        elif isinstance(where, tuple):
             value = jax.lax.slice(self.buffer[...], (where[0],), (where[1],))
             if value.dtype != self.dtype:
                 value = jax.lax.bitcast_convert_type(value, self.dtype)
@@ -82,7 +83,7 @@ class View:
         where = self.where
         if where is None:
             self.buffer[...] = value
-        elif type(where) is tuple:
+        elif isinstance(where, tuple):
             if where[0] < where[1]:  # nothing to write into an empty slot
                 self.buffer[where[0] : where[1]] = self._bits(value)
         else:
