@@ -420,6 +420,7 @@ def register_node(cls: T) -> T:
       >>> tied["decoder"].kernel[...]
       Array([[1.]], dtype=float32)
     """
+    node = cls  # returned as given: `isinstance` below narrows `cls` past its type T
     if not isinstance(cls, type):
         raise TypeError(
             f"register_node(cls): cls must be a class, got {cls!r}. Use it as a decorator "
@@ -438,11 +439,11 @@ def register_node(cls: T) -> T:
         )
     with _LOCK:
         if cls in _CLASSES:
-            return cls
+            return node
         jtu.register_pytree_with_keys(cls, _flatten_with_keys, _unflatten, _flatten)
         _add(cls, _ATTRS)
     _register_subclasses(cls)
-    return cls
+    return node
 
 
 def _register_subclasses(cls: type) -> None:
