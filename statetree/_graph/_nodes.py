@@ -455,7 +455,7 @@ def _register_subclasses(cls: type) -> None:
         if own is not None:
             own.__get__(None, sub)(**kwargs)
         else:
-            super(cls, sub).__init_subclass__(**kwargs)  # type: ignore[misc]
+            super(cls, sub).__init_subclass__(**kwargs)
         register_node(sub)
 
     cls.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
