@@ -20,6 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 import jax
+import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import numpy as np
 
@@ -348,3 +349,7 @@ def finish(index: dict[str, Any], arrays: dict[str, Any], tree: Any, where: Any)
             array = array.reshape(entry["shape"])
         values[tuple(entry["path"])] = array
     _update(tree, State(values))
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+CheckpointError.__module__ = "statetree"

@@ -109,7 +109,7 @@ def digests(arrays: Sequence[Any]) -> list[str]:
 
         gathered = multihost_utils.process_allgather(partial.view(np.uint32))
         partial = np.sum(np.asarray(gathered, np.uint32).view(np.uint64), axis=0, dtype=np.uint64)
-    return [_format(int(d)) for d in partial]
+    return [_format(int(d)) for d in np.atleast_1d(partial)]  # 1-D (typed for checkers)
 
 
 def packed_digests(buffer: np.ndarray, sizes: Sequence[int]) -> list[str]:

@@ -244,3 +244,7 @@ class _Metric:
 
     def __repr__(self) -> str:
         return f"metric {self.name!r}"
+
+
+# Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).
+CheckpointManager.__module__ = "statetree"
