@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 # pyright (pinned in pyproject.toml; its Node runtime is a PyPI wheel): the package, the
-# adapters and the examples, then the code of every docs page as a user would write it.
+# adapters, then the examples and the code of every docs page as a user would write it.
 typecheck: $(STAMP)
 	$(BIN)/pyright
 	$(BIN)/python tests/_pages.py build/typecheck

@@ -84,7 +84,7 @@ def typecheck_tree(dest: pathlib.Path, root: pathlib.Path) -> None:
     """Lay out ``dest`` for pyright to check the docs' code as a user's would be: the
     package as installed (``statetree`` with ``statetree.adapters`` inside, made of
     links to the sources, since pyright cannot follow the editable install's import
-    hook) and one module per docs page."""
+    hook), one module per docs page, and the examples."""
     import json
     import shutil
 
@@ -96,10 +96,11 @@ def typecheck_tree(dest: pathlib.Path, root: pathlib.Path) -> None:
         if entry.name != "__pycache__":
             (package / entry.name).symlink_to(entry)
     (package / "adapters").symlink_to(root / "adapters")
+    (dest / "examples").symlink_to(root / "examples")  # they import statetree.adapters
     pages = [*sorted((root / "docs").rglob("*.md")), root / "README.md"]
     extract(dest, pages, root)
     config = {
-        "include": ["docs"],
+        "include": ["docs", "examples"],
         "venvPath": str(root),
         "venv": ".venv",
         "pythonVersion": "3.11",

@@ -116,7 +116,7 @@ def decode_step(model: Decoder, state: eqx.nn.State, token: jax.Array, pos: jax.
     return model(token, pos, state)[0]  # the cache is written in place
 
 
-def statetree_model(packed: bool = True) -> tuple[Decoder, eqx.nn.State]:
+def statetree_model(packed: bool = True) -> tuple[Any, Any]:  # st.Packed when packed
     """The converted decoder and its cache. Packed, each is a few buffers (one jax.Ref
     per dtype) however many arrays it holds: jax.jit dispatches it fastest."""
     model, state = eqxst.mutable(build())

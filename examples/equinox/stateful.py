@@ -109,7 +109,9 @@ def equinox_step() -> tuple[Callable[[], jax.Array], Callable[[], Any]]:
     x, y = data()
 
     def call() -> jax.Array:
-        carry[0], carry[1], carry[2], value = equinox_train_step(*carry, x, y)
+        carry[0], carry[1], carry[2], value = equinox_train_step(
+            carry[0], carry[1], carry[2], x, y
+        )
         return value
 
     return call, lambda: (carry[0], carry[1])

@@ -96,7 +96,7 @@ def equinox_step() -> tuple[Callable[[], jax.Array], Callable[[], Any]]:
     x, y = data()
 
     def call() -> jax.Array:
-        carry[0], carry[1], value = equinox_train_step(*carry, x, y)
+        carry[0], carry[1], value = equinox_train_step(carry[0], carry[1], x, y)
         return value
 
     return call, lambda: carry[0]
