@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import numpy as np
 

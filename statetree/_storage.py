@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 from jax.core import Tracer
 
 from . import _bulk
