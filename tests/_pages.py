@@ -65,6 +65,14 @@ def _execute(page: pathlib.Path) -> dict[str, object]:
     return namespace
 
 
+def doc_pages(root: pathlib.Path) -> list[pathlib.Path]:
+    """Every page written by hand: docs/**/*.md and README.md, without the pages the
+    benchmark run generates (docs/performance/)."""
+    generated = root / "docs" / "performance"
+    pages = sorted(p for p in (root / "docs").rglob("*.md") if generated not in p.parents)
+    return [*pages, root / "README.md"]
+
+
 def extract(dest: pathlib.Path, pages: list[pathlib.Path], root: pathlib.Path) -> None:
     """Write each page's python blocks, in order, to one module per page under
     ``dest/docs/`` (for pyright: the blocks of a page share one namespace, as when the
@@ -97,8 +105,7 @@ def typecheck_tree(dest: pathlib.Path, root: pathlib.Path) -> None:
             (package / entry.name).symlink_to(entry)
     (package / "adapters").symlink_to(root / "adapters")
     (dest / "examples").symlink_to(root / "examples")  # they import statetree.adapters
-    pages = [*sorted((root / "docs").rglob("*.md")), root / "README.md"]
-    extract(dest, pages, root)
+    extract(dest, doc_pages(root), root)
     config = {
         "include": ["docs", "examples"],
         "venvPath": str(root),

@@ -13,7 +13,7 @@ import pathlib
 import pkgutil
 
 import pytest
-from _pages import blocks, run_page, typecheck_tree
+from _pages import blocks, doc_pages, run_page, typecheck_tree
 
 import statetree
 
@@ -23,11 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # docs/multi-process.md runs as a 2-process job in tests/test_distributed.py.
 SUBPROCESS_PAGES = {ROOT / "docs" / "sharding.md", ROOT / "docs" / "multi-process.md"}
 # docs/performance/ holds what `python -m benchmarks --docs` writes: a table, no code.
-GENERATED = ROOT / "docs" / "performance"
-ALL_PAGES = [
-    *sorted(p for p in (ROOT / "docs").rglob("*.md") if GENERATED not in p.parents),
-    ROOT / "README.md",
-]
+ALL_PAGES = doc_pages(ROOT)
 PAGES = [p for p in ALL_PAGES if p not in SUBPROCESS_PAGES]
 
 
