@@ -300,12 +300,17 @@ def _mixed_unflattener(cls: type) -> Callable[[Any, Any], Any]:
     return unflatten
 
 
+def _mixed_flatten_plain(x: Any) -> tuple[list[Any], Any]:
+    keyed, static = _mixed_flatten(x)
+    return [child for _, child in keyed], static
+
+
 for _cls in (_MixedList, _MixedTuple):
     jtu.register_pytree_with_keys(
         _cls,
         _mixed_flatten,
         _mixed_unflattener(_cls),
-        lambda x: (lambda d, a: ([c for _, c in d], a))(*_mixed_flatten(x)),
+        _mixed_flatten_plain,
     )
 
 

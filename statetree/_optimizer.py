@@ -20,7 +20,7 @@ optax sees one flat level of leaves in the model's order, whatever the model's p
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.core  # jax.core.Tracer below; an explicit import for type checkers
@@ -203,7 +203,8 @@ class Optimizer:
         params = State({p: _read(targets[p]) for p in self.paths})
         current = _graph.unflatten(state_def, [v.value for v in state_vars])
         updates, new_state = self.tx.update(gradients, current, params, **extra_args)
-        new_params = optax.apply_updates(params, updates)
+        # optax types its result as a loose ArrayTree; it is a State here, as given.
+        new_params = cast(State, optax.apply_updates(params, updates))
         new_values = _graph.flatten(new_state)[1]
         if len(new_values) != len(state_vars):
             raise StructureError(

@@ -18,7 +18,7 @@ Two rules for values, chosen per plan:
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 
@@ -45,6 +45,15 @@ class Box:
     write stays a C-level check."""
 
     __slots__ = ()
+
+    if TYPE_CHECKING:  # what the planner reads; Variable provides each
+        _raw: Any
+        differentiable: ClassVar[bool]
+
+        @property
+        def value(self) -> Any: ...
+
+        def _describe(self) -> str: ...
 
 
 def _frozen(target: Any) -> FrozenVariableError:

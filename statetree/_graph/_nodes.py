@@ -362,6 +362,7 @@ def _unflatten(aux_and_names: Any, children: Any) -> Any:
             "endless, and statetree rebuilds nodes from their children, which a cycle "
             "makes impossible; hold the back-reference outside the tree (e.g. a weakref)."
         )
+    assert aux is not None  # only a cycle's marker carries no attributes
     return _attrs_rebuild(aux, dict(zip(names, children, strict=True)))
 
 
