@@ -23,6 +23,11 @@ def find_aliases(tree: Any) -> list[tuple[Path, ...]]:
     or ``jax.tree.map(lambda x: x, v)`` of a mutable ``v``) are one group: ``jax.jit``
     refuses them together as it refuses one Variable twice.
 
+    A node reached through many paths (shared at every level of a diamond: 2^depth
+    paths) is expanded at most 8 times, so this stays linear in the number of distinct
+    nodes: a Variable inside it lists 8 of its paths or more, not all of them
+    (``st.split(tree)[0].find(path)`` resolves any of them).
+
     Args:
       tree: any pytree.
 

@@ -7,11 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hs
 from typeguard import suppress_type_checks
 
 import statetree as st
+from statetree._graph._graphdef import _EXPANSIONS
 
 
 @st.register_node
@@ -508,8 +509,23 @@ def graphs(draw: Any) -> Any:
     return {"root": nodes[-1], "also": nodes[draw(hs.integers(0, len(nodes) - 1))]}
 
 
+def diamond_past_the_listing_cap() -> dict[str, Graph]:
+    """Hypothesis' shrunk failing example: a Variable in a node reached through a
+    three-level diamond (8 paths from "root") and once more from "also": 9 paths, one
+    over the listing cap (`_EXPANSIONS`)."""
+    bottom = Graph()
+    bottom.tag, bottom.a0 = "n0", st.Param(jnp.zeros(2))
+    node = bottom
+    for i in range(1, 4):
+        parent = Graph()
+        parent.tag, parent.a0, parent.a1 = f"n{i}", node, node
+        node = parent
+    return {"root": node, "also": bottom}
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs())
+@example(diamond_past_the_listing_cap())
 def test_property_identity_survives_split_merge_mutable_freeze(tree: Any) -> None:
     want = sharing(tree)
     merged = st.merge(*st.split(tree))
@@ -523,5 +539,27 @@ def test_property_identity_survives_split_merge_mutable_freeze(tree: Any) -> Non
     for path, obj in objects(made_mutable):
         if isinstance(obj, st.Variable):
             by_variable.setdefault(id(obj), []).append(path)
-    expected = {frozenset(paths) for paths in by_variable.values() if len(paths) > 1}
-    assert {frozenset(group) for group in st.find_aliases(made_mutable)} == expected
+    shared = [frozenset(paths) for paths in by_variable.values() if len(paths) > 1]
+    # One group per shared Variable. The listing expands each node at most _EXPANSIONS
+    # times (linear on diamonds): a group is exact for a Variable with at most that many
+    # paths, else lists that many of them or more; GraphDef.find resolves every path.
+    groups = st.find_aliases(made_mutable)
+    assert len(groups) == len(shared)
+    for group in groups:
+        (whole,) = [paths for paths in shared if set(group) <= paths]
+        assert len(set(group)) == len(group) >= min(len(whole), _EXPANSIONS)
+    graphdef = st.split(made_mutable)[0]
+    found = [{graphdef.find(path) for path in paths} for paths in by_variable.values()]
+    assert all(len(f) == 1 and None not in f for f in found)
+    assert len(set.union(*found)) == len(found) == graphdef.num_values
+
+
+def test_find_aliases_lists_a_capped_group_and_find_resolves_the_paths_left_out() -> None:
+    tree = st.mutable(diamond_past_the_listing_cap())
+    every = {path for path, obj in objects(tree) if isinstance(obj, st.Variable)}
+    assert len(every) == _EXPANSIONS + 1
+    (group,) = st.find_aliases(tree)
+    assert len(group) == _EXPANSIONS and set(group) < every
+    graphdef, state = st.split(tree)
+    assert len(state) == 1
+    assert {graphdef.find(path) for path in every} == {0}
