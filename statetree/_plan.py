@@ -31,6 +31,7 @@ from ._errors import (
     UnreadableValueError,
     format_path,
 )
+from ._errors import _lines as cut_lines  # long lists cut after a count, as everywhere
 
 __all__ = ["Box", "WritePlan", "check_readable", "write_one"]
 
@@ -207,9 +208,8 @@ class WritePlan:
             for p, e in self._problems
         ]
         n = len(self._problems)
-        return cls(
-            f"{self.who}: {n} path(s) cannot be written; nothing was written:\n" + "\n".join(lines)
-        )
+        head = f"{self.who}: {n} path(s) cannot be written; nothing was written:"
+        return cls(head + "\n" + cut_lines(lines, 20))
 
 
 def check_readable(values: list[Any], paths: Callable[[], tuple[Path, ...]], who: str) -> None:
@@ -224,5 +224,6 @@ def check_readable(values: list[Any], paths: Callable[[], tuple[Path, ...]], who
             bad.append(f"  {format_path(paths()[i])}: {reason}")
     if bad:
         raise UnreadableValueError(
-            f"{who}: {len(bad)} value(s) cannot be read; nothing was converted:\n" + "\n".join(bad)
+            f"{who}: {len(bad)} value(s) cannot be read; nothing was converted:\n"
+            + cut_lines(bad, 20)
         )

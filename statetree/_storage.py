@@ -81,9 +81,11 @@ def read_all(raws: Sequence[Any]) -> list[Any]:
     """:func:`read` of each of ``raws``; concrete ``jax.Ref``s are read together
     (:mod:`statetree._bulk`: one dispatch per chunk instead of one per Ref)."""
     out = list(raws)
-    refs = [i for i, raw in enumerate(raws) if _is_concrete_ref(raw)]
+    refs: list[int] = []
     for i, raw in enumerate(raws):
-        if isinstance(raw, _STORAGE_TYPES) and not _is_concrete_ref(raw):
+        if _is_concrete_ref(raw):
+            refs.append(i)
+        elif isinstance(raw, _STORAGE_TYPES):
             out[i] = raw[...]
     if refs:
         for i, value in zip(refs, _bulk.read_refs([raws[i] for i in refs]), strict=True):

@@ -150,6 +150,14 @@ def _leaked_tracer() -> jax.Array:
     return leaked[0]
 
 
+def test_a_plan_refusing_many_paths_names_twenty_and_counts_the_rest() -> None:
+    model = st.mutable({f"v{i:02d}": jnp.zeros(2) for i in range(30)})
+    wrong = st.State({(f"v{i:02d}",): jnp.zeros(3) for i in range(30)})
+    cut = r"30 path\(s\)(?s:.*)\['v19'\].*\n  \.\.\. and 10 more$"
+    with pytest.raises(st.StructureError, match=cut):
+        st.update(model, wrong)
+
+
 @pytest.mark.parametrize("bad", ["deleted", "tracer"])
 def test_update_checks_every_value_before_the_first_write(bad: str) -> None:
     model = st.mutable({"a": jnp.zeros(2), "b": jnp.zeros(2), "c": jnp.zeros(2)})
