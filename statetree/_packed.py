@@ -25,7 +25,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
@@ -271,7 +270,7 @@ def _group_of(array: Any, i: int) -> tuple[str, Any, Any]:
     dtype = array.dtype
     if jnp.issubdtype(dtype, jax.dtypes.extended) or array.size >= LARGE:
         return own
-    if isinstance(array, jax.core.Tracer):
+    if isinstance(array, Tracer):
         # Traced values may be differentiated: a bitcast into a shared integer buffer
         # would cut their gradient to zero, silently. One buffer per dtype keeps it.
         return ("flat", np.dtype(dtype), None)

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 from jax.core import Tracer
 
 from . import _bulk
@@ -94,7 +93,7 @@ def read_all(raws: Sequence[Any]) -> list[Any]:
 
 
 def _is_concrete_ref(raw: Any) -> bool:
-    return isinstance(raw, jax.Ref) and not isinstance(raw, jax.core.Tracer)
+    return isinstance(raw, jax.Ref) and not isinstance(raw, Tracer)
 
 
 def write(raw: Any, value: Any) -> None:
