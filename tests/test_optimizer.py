@@ -382,3 +382,112 @@ def test_numpy_parameters_are_accepted() -> None:
     optimizer = st.Optimizer(params, optax.adam(0.1), wrt=...)
     assert int(optimizer.step[...]) == 0
     assert optimizer.opt_state[0].mu[("w",)].shape == (3,)
+
+
+# --------------------------------------------- packed, large slots: written in place
+# Slots this large take their writes one by one (statetree._views.splices); inside jit,
+# Optimizer.update then computes each new value just before its write
+# (statetree._schedule), so that XLA writes the buffers in place.
+WIDE = 96  # 9,216 elements a slot
+
+
+def make_wide(packed: bool) -> dict:
+    """Two large Params and a BatchStat that the optimizer does not train, which packing
+    puts in one buffer with them (a buffer the optimizer writes only in part)."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    tree = {
+        "w1": st.Param(jax.random.normal(k1, (WIDE, WIDE)) / WIDE),
+        "w2": st.Param(jax.random.normal(k2, (WIDE, WIDE)) / WIDE),
+        "stats": st.BatchStat(jnp.zeros((WIDE, WIDE))),
+    }
+    return st.mutable(tree, packed=packed)
+
+
+X_WIDE = jnp.linspace(-1.0, 1.0, 4 * WIDE).reshape(4, WIDE)
+
+
+@jax.jit
+def wide_step(model: dict, optimizer: st.Optimizer) -> tuple[jax.Array, jax.Array]:
+    def loss(params: st.State) -> jax.Array:
+        m = st.merge(graphdef, params, rest)
+        return jnp.sum(jnp.tanh(X_WIDE @ m["w1"] @ m["w2"]) ** 2)
+
+    graphdef, params, rest = st.split(model, st.Param, ...)
+    grads = jax.grad(loss)(st.freeze(params))
+    optimizer.update(model, grads)
+    model["stats"][...] += model["w1"][...]  # reads after the optimizer's writes
+    return model["w1"][...].sum(), model["stats"][...].sum()
+
+
+def spy_on_schedule(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record what each call of statetree._schedule.write_in_place returns."""
+    from statetree import _schedule
+
+    results: list[bool] = []
+    original = _schedule.write_in_place
+
+    def spy(*args: object) -> bool:
+        results.append(original(*args))  # type: ignore[arg-type]
+        return results[-1]
+
+    monkeypatch.setattr(_schedule, "write_in_place", spy)
+    return results
+
+
+@pytest.mark.parametrize(
+    ("tx", "in_order"),
+    [
+        (optax.adam(0.01), True),
+        (optax.chain(optax.clip_by_global_norm(0.1), optax.adamw(0.01)), True),
+        # Lion's update reads the *old* momentum, overwritten before the parameters:
+        # the in-place order is refused and the writes go the plain way.
+        (optax.lion(0.01), False),
+    ],
+    ids=["adam", "clip-adamw", "lion"],
+)
+def test_packed_large_slots_match_plain_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, tx: optax.GradientTransformation, in_order: bool
+) -> None:
+    plain, packed = make_wide(False), make_wide(True)
+    plain_opt, packed_opt = st.Optimizer(plain, tx), st.Optimizer(packed, tx, packed=True)
+    results = spy_on_schedule(monkeypatch)
+    for _ in range(2):
+        got, want = wide_step(packed, packed_opt), wide_step(plain, plain_opt)
+        np.testing.assert_array_equal(got, want)
+    assert results == [in_order]  # traced once; the second step reuses the compilation
+    for a, b in zip(
+        jax.tree.leaves(st.unbox(st.freeze((packed, packed_opt)))),
+        jax.tree.leaves(st.unbox(st.freeze((plain, plain_opt)))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert int(packed_opt.step[...]) == 2
+
+
+def test_packed_adam_step_copies_no_buffer() -> None:
+    """Compiled memory: the step's temporaries are smaller than the optimizer's buffer,
+    which XLA copied whole (and the parameters' buffer too) while every new value was
+    computed from a read of the buffer before its first write."""
+    model = make_wide(True)
+    optimizer = st.Optimizer(model, optax.adam(0.01), packed=True)
+    stats = wide_step.lower(model, optimizer).compile().memory_analysis()
+    (opt_buffer,) = jax.tree.leaves(optimizer)  # moments, count and step: one buffer
+    assert stats.temp_size_in_bytes < opt_buffer[...].nbytes
+
+
+@pytest.mark.filterwarnings("ignore:Casting from complex:DeprecationWarning")  # optax's cast
+def test_packed_large_slots_refuse_bad_values_as_plain_does() -> None:
+    plain, packed = make_wide(False), make_wide(True)
+    messages = []
+    for model, packed_ in ((plain, False), (packed, True)):
+        optimizer = st.Optimizer(model, optax.adam(0.01), packed=packed_)
+        before = jax.tree.leaves(st.unbox(st.freeze((model, optimizer))))
+        grads = {"w1": jnp.ones((WIDE, WIDE), jnp.complex64), "w2": jnp.ones((WIDE, WIDE))}
+        with pytest.raises(st.VariableWriteError, match="nothing was written") as e:
+            jax.jit(optimizer.update)(model, grads)
+        messages.append(str(e.value))
+        after = jax.tree.leaves(st.unbox(st.freeze((model, optimizer))))
+        for a, b in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert messages[0] == messages[1]
+    assert "complex64 -> float32" in messages[1]
