@@ -7,6 +7,7 @@ Registered as a storage with a batch writer, so ``st.update`` and ``Optimizer.up
 write a buffer once rather than once per Variable.
 """
 
+import functools
 import threading
 from typing import Any
 
@@ -69,6 +70,12 @@ class View:
         if where is None:
             value = self.buffer[...]
         elif isinstance(where, tuple):
+            if not self.is_traced and where[1] < _INT32:
+                # Eagerly: one compiled call (per size, dtype and shape, the start an
+                # argument) instead of a slice, a bitcast and a reshape dispatched one by
+                # one, each compiled per slot.
+                reader = _slot_reader(where[1] - where[0], np.dtype(self.dtype), self.shape)
+                return reader(self.buffer[...], where[0])
             value = jax.lax.slice(self.buffer[...], (where[0],), (where[1],))
             if value.dtype != self.dtype:
                 value = jax.lax.bitcast_convert_type(value, self.dtype)
@@ -99,6 +106,23 @@ class View:
 
     def __repr__(self) -> str:
         return f"View({self.dtype}[{','.join(map(str, self.shape))}] at {self.where!r})"
+
+
+_INT32 = 2**31
+
+
+@functools.lru_cache(maxsize=1024)
+def _slot_reader(size: int, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+    """A jitted read of ``size`` elements of a flat buffer from a start given as an
+    argument, as an array of ``dtype`` and ``shape`` (see ``View._read``)."""
+
+    def read(buffer: Any, start: Any) -> Any:
+        value = jax.lax.dynamic_slice(buffer, (start,), (size,))
+        if value.dtype != dtype:
+            value = jax.lax.bitcast_convert_type(value, dtype)
+        return value.reshape(shape)
+
+    return jax.jit(read)
 
 
 def explicit(buffer: Any) -> bool:

@@ -517,3 +517,25 @@ def test_an_optimizer_update_then_reads_see_the_new_values():
     values, count = step(model, opt)
     assert [v.tolist() for v in values] == [[1.0 - 0.5 * i] * 3 for i in range(4)]
     assert int(count) == 1
+
+
+def test_eager_slot_reads_share_one_compiled_reader_per_shape_and_dtype() -> None:
+    from statetree import _views
+
+    tree = {
+        "a": jnp.arange(6.0).reshape(2, 3),
+        "b": jnp.arange(6, dtype=jnp.int32).reshape(2, 3),  # shares a's 32-bit buffer
+        "c": jnp.linspace(0, 1, 6, dtype=jnp.bfloat16).reshape(2, 3),
+        "d": -jnp.arange(6.0).reshape(2, 3),  # a's shape and dtype: a's reader
+    }
+    packed = st.mutable(tree, packed=True)
+    _views._slot_reader.cache_clear()
+    for key, want in tree.items():
+        got = packed[key][...]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    info = _views._slot_reader.cache_info()
+    assert (info.misses, info.hits) == (3, 1)
+    packed["d"][...] = jnp.full((2, 3), 7.0)  # an eager write, then a read of it
+    np.testing.assert_array_equal(packed["d"][...], jnp.full((2, 3), 7.0))
+    np.testing.assert_array_equal(packed["a"][...], tree["a"])  # its neighbour unchanged
