@@ -133,6 +133,9 @@ def _statetree(params: Any, loss: Any, batch: tuple, packed: bool) -> tuple[Any,
         grads = jax.grad(lambda p: loss(st.unbox(p), *batch))(st.freeze(model))
         optimizer.update(model, grads)
 
+    if packed:  # the buffer whole: one eager read, as for the other Ref steps
+        buffer = model.buffers[0]
+        return (lambda: step(model, optimizer, *batch)), (lambda: buffer[...])
     first = model[next(iter(params))]
     return (lambda: step(model, optimizer, *batch)), (lambda: first[...])
 
@@ -148,8 +151,8 @@ def _statetree_one(params: Any, loss: Any, batch: tuple) -> tuple[Any, Any]:
         grads = jax.grad(lambda p: loss(st.unbox(p), *batch))(st.freeze(model))
         state["opt"].update(model, grads)
 
-    first = state["model"][next(iter(params))]
-    return (lambda: step(state, *batch)), (lambda: first[...])
+    buffer = state.buffers[0]  # the buffer whole: one eager read, as for the other Ref steps
+    return (lambda: step(state, *batch)), (lambda: buffer[...])
 
 
 def _nnx(params: Any, loss: Any, batch: tuple) -> tuple[Any, Any] | None:

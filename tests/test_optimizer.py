@@ -442,8 +442,10 @@ def spy_on_schedule(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
         # Lion's update reads the *old* momentum, overwritten before the parameters:
         # the in-place order is refused and the writes go the plain way.
         (optax.lion(0.01), False),
+        # MultiSteps computes every output inside one lax.cond over all inputs: refused.
+        (optax.MultiSteps(optax.adam(0.01), every_k_schedule=2), False),
     ],
-    ids=["adam", "clip-adamw", "lion"],
+    ids=["adam", "clip-adamw", "lion", "multisteps"],
 )
 def test_packed_large_slots_match_plain_bit_for_bit(
     monkeypatch: pytest.MonkeyPatch, tx: optax.GradientTransformation, in_order: bool
@@ -462,6 +464,26 @@ def test_packed_large_slots_match_plain_bit_for_bit(
     ):
         np.testing.assert_array_equal(a, b)
     assert int(packed_opt.step[...]) == 2
+
+
+def test_packed_large_slots_refuse_the_order_past_the_work_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from statetree import _schedule
+
+    monkeypatch.setattr(_schedule, "_REPEAT", 0)  # no equation may be visited at all
+    plain, packed = make_wide(False), make_wide(True)
+    tx = optax.adam(0.01)
+    plain_opt, packed_opt = st.Optimizer(plain, tx), st.Optimizer(packed, tx, packed=True)
+    results = spy_on_schedule(monkeypatch)
+    np.testing.assert_array_equal(wide_step(packed, packed_opt), wide_step(plain, plain_opt))
+    assert results == [False]
+    for a, b in zip(
+        jax.tree.leaves(st.unbox(st.freeze(packed))),
+        jax.tree.leaves(st.unbox(st.freeze(plain))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_packed_adam_step_copies_no_buffer() -> None:
