@@ -273,7 +273,9 @@ class Optimizer:
                         for (target, _), new in zip(writes, news, strict=True)
                     ]
                 except StateTreeError:
-                    _plan_writes(writes, news).commit()  # raises, naming every path
+                    plan = _plan_writes(writes, news)  # one error naming every path
+                    if not plan.ok:
+                        raise plan.error() from None
                     raise
 
             if _schedule.write_in_place(checked, views, order):
