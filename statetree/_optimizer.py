@@ -29,12 +29,11 @@ import jax.tree_util as jtu
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _graph, _packed, _schedule, _storage, _views
+from . import _graph, _packed, _storage
 from ._convert import mutable
 from ._errors import (
     FrozenVariableError,
     Misfit,
-    StateTreeError,
     StructureError,
     format_path,
     format_paths,
@@ -42,11 +41,10 @@ from ._errors import (
 )
 from ._filters import PathContains, filter_repr, to_predicate
 from ._graph import Path, PathKey
-from ._plan import WritePlan, prepare
+from ._plan import WritePlan
 from ._split import state as _state
 from ._state import State
 from ._variables import OptState, Param, Variable
-from ._views import View
 
 __all__ = ["Optimizer"]
 
@@ -100,30 +98,6 @@ def _writable(target: Any) -> bool:
 
 def _read(value: Any) -> Any:
     return value.value if isinstance(value, Variable) else _storage.read(value)
-
-
-def _plan_writes(writes: list[tuple[Any, Path]], values: list[Any]) -> WritePlan:
-    plan = WritePlan("Optimizer.update")
-    for (target, path), new in zip(writes, values, strict=True):
-        plan.add(target, new, path)
-    return plan
-
-
-def _slot_views(targets: list[Any]) -> list[View] | None:
-    """The targets' views when they are all slots of packed buffers being traced that
-    take their writes slot by slot (large slots; see ``_views.splices``), else None."""
-    views: list[View] = []
-    places: dict[int, tuple[Any, list[Any]]] = {}
-    for target in targets:
-        raw = target._raw if isinstance(target, Variable) else None
-        if type(raw) is not View or not raw.is_traced or _views.explicit(raw.buffer):
-            return None
-        views.append(raw)
-        places.setdefault(id(raw.buffer), (raw.buffer, []))[1].append(raw.where)
-    for buffer, wheres in places.values():
-        if len(set(wheres)) != len(wheres) or _views.splices(buffer, wheres):
-            return None
-    return views
 
 
 def _path_lines(paths: Sequence[Path]) -> str:
@@ -226,64 +200,27 @@ class Optimizer:
                 "passed through st.freeze; use st.mutable(optimizer) to get a mutable one."
             )
         gradients = self._gradients(grads, targets)
-        writes = [
-            *((targets[p], p) for p in self.paths),
-            *((var, ("opt_state",)) for var in state_vars),
-            (step, ("step",)),
-        ]
-
-        def new_values(reads: list[Any]) -> list[Any]:
-            """The value of every write, from the current values ``reads`` (in the
-            order of ``writes``): what the functional optax loop computes."""
-            n = len(self.paths)
-            params = State(dict(zip(self.paths, reads[:n], strict=True)))
-            current = _graph.unflatten(state_def, reads[n:-1])
-            updates, new_state = self.tx.update(gradients, current, params, **extra_args)
-            # optax types its result as a loose ArrayTree; it is a State here, as given.
-            new_params = cast(State, optax.apply_updates(params, updates))
-            new_state_values = _graph.flatten(new_state)[1]
-            if len(new_state_values) != len(state_vars):
-                raise StructureError(
-                    f"Optimizer.update: tx.update returned a state with "
-                    f"{len(new_state_values)} arrays, but tx.init made {len(state_vars)}. "
-                    "The optax state must keep its structure from step to step."
-                )
-            return [*new_params.values(), *new_state_values, reads[-1] + 1]
-
-        views = _slot_views([target for target, _ in writes])
-        if views is not None:
-            # Packed buffers written slot by slot inside jit: compute each new value
-            # just before its write, so that XLA writes the buffers in place
-            # (statetree._schedule); optimizer state first, since optax computes the
-            # parameters' updates from the new state.
-            # Small slots (counters) last among them: XLA fuses a read of the slot
-            # after a small write with a copy of that write, which reads the version
-            # before it again, and then copies the buffer.
-            n = len(self.paths)
-            order = [
-                *sorted(range(n, len(writes)), key=lambda i: -views[i].size),
-                *range(n),
-            ]
-
-            def checked(reads: list[Any]) -> list[Any]:
-                news = new_values(reads)
-                try:
-                    return [
-                        prepare(target, new, Ellipsis, exact=False)[1]
-                        for (target, _), new in zip(writes, news, strict=True)
-                    ]
-                except StateTreeError:
-                    plan = _plan_writes(writes, news)  # one error naming every path
-                    if not plan.ok:
-                        raise plan.error() from None
-                    raise
-
-            if _schedule.write_in_place(checked, views, order):
-                return
-        reads = [_read(target) for target, _ in writes]
+        params = State({p: _read(targets[p]) for p in self.paths})
+        current = _graph.unflatten(state_def, [v.value for v in state_vars])
+        updates, new_state = self.tx.update(gradients, current, params, **extra_args)
+        # optax types its result as a loose ArrayTree; it is a State here, as given.
+        new_params = cast(State, optax.apply_updates(params, updates))
+        new_values = _graph.flatten(new_state)[1]
+        if len(new_values) != len(state_vars):
+            raise StructureError(
+                f"Optimizer.update: tx.update returned a state with {len(new_values)} "
+                f"arrays, but tx.init made {len(state_vars)}. The optax state must keep "
+                "its structure from step to step."
+            )
         # statetree's one write path: everything checked, then one batch (packed buffers
         # take one write each); NumPy's casting rules, as for `v[...] = x`.
-        _plan_writes(writes, new_values(reads)).commit()
+        plan = WritePlan("Optimizer.update")
+        for path, new in zip(self.paths, new_params.values(), strict=True):
+            plan.add(targets[path], new, path)
+        for var, new in zip(state_vars, new_values, strict=True):
+            plan.add(var, new, ("opt_state",))
+        plan.add(step, step[...] + 1, ("step",))
+        plan.commit()
 
     def _targets(self, model: Any) -> dict[Path, Any]:
         """The model's ``wrt`` Variables by path, checked against this optimizer."""

@@ -21,7 +21,7 @@ import numpy as np
 from . import _storage
 from ._errors import StructureError
 
-__all__ = ["View", "Where", "explicit", "splices"]
+__all__ = ["View", "Where"]
 
 # Where a view sits in its buffer: (start, stop) of a flat buffer, a row of a stacked
 # buffer, or None for a buffer of its own.
@@ -125,7 +125,7 @@ def _slot_reader(size: int, dtype: np.dtype, shape: tuple[int, ...]) -> Any:
     return jax.jit(read)
 
 
-def explicit(buffer: Any) -> bool:
+def _explicit(buffer: Any) -> bool:
     """Whether ``buffer`` lives on a mesh with explicit axes (its layout is its type)."""
     mesh = getattr(jax.typeof(buffer).sharding, "mesh", None)
     return jax.sharding.AxisType.Explicit in getattr(mesh, "axis_types", ())
@@ -135,7 +135,7 @@ def _like_buffer(buffer: Any, value: Any) -> Any:
     """``value`` laid out as ``buffer`` is, when the buffer lives on a mesh with explicit
     axes: JAX then requires a part written into it to match its layout, and an array
     made outside ``jax.set_mesh`` has no layout on that mesh."""
-    if not explicit(buffer):
+    if not _explicit(buffer):
         return value
     sharding = jax.typeof(buffer).sharding
     if isinstance(buffer, jax.core.Tracer):
@@ -172,7 +172,7 @@ def _remember(view: View, value: Any) -> None:
     """After a whole-slot write of ``value`` into ``view``: remember it if traced (and
     not on a mesh with explicit axes, where a read from the buffer has the buffer's
     layout as its type, which the value written need not have)."""
-    if not isinstance(view.buffer, jax.core.Tracer) or explicit(view.buffer):
+    if not isinstance(view.buffer, jax.core.Tracer) or _explicit(view.buffer):
         return
     written = _WRITTEN
     trace = jax.extend.core.get_opaque_trace_state()
@@ -223,21 +223,16 @@ def _write_views(pairs: list[tuple[View, Any]]) -> None:
         # Keyed by place, so a later write into the same slot replaces an earlier one.
         by_buffer.setdefault(id(view.buffer), (view.buffer, {}))[1][view.where] = (view, value)
     for buffer, writes in by_buffer.values():
-        if splices(buffer, list(writes)):
+        places = list(writes)
+        flat = len(places) > 1 and all(type(w) is tuple for w in places)
+        written = sum(w[1] - w[0] for w in places) if flat else 0
+        if flat and 2 * written >= buffer.shape[0] and written <= _SMALL * len(places):
             buffer[...] = _spliced(buffer, writes)
             for view, value in writes.values():
                 _remember(view, value)
         else:
             for view, value in writes.values():
                 view[...] = value
-
-
-def splices(buffer: Any, places: list[Any]) -> bool:
-    """Whether writes into ``places`` of ``buffer`` (all at once) take one write of the
-    buffer's whole new value (see :func:`_write_views`) rather than one per slot."""
-    flat = len(places) > 1 and all(type(w) is tuple for w in places)
-    written = sum(w[1] - w[0] for w in places) if flat else 0
-    return flat and 2 * written >= buffer.shape[0] and written <= _SMALL * len(places)
 
 
 def _spliced(buffer: Any, writes: dict[Any, tuple[View, Any]]) -> Any:
