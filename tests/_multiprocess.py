@@ -27,7 +27,13 @@ def free_port() -> int:
 
 
 def job_env(process_id: int, num_processes: int, port: int, devices: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ)
+    # The device count comes from JAX_NUM_CPU_DEVICES; other flags (tests/conftest.py's
+    # optimisation level) pass on.
+    flags = env.pop("XLA_FLAGS", "").split()
+    kept = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
+    if kept:
+        env["XLA_FLAGS"] = " ".join(kept)
     env.update(
         JAX_PLATFORMS="cpu",
         JAX_NUM_CPU_DEVICES=str(devices),

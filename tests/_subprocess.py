@@ -3,7 +3,9 @@
 JAX reads ``XLA_FLAGS`` once, when its backend starts, and the pytest process has long
 started it with one CPU device. Multi-device checks therefore run as scripts in a child
 process with ``--xla_force_host_platform_device_count=8``. Each child pays JAX's start-up
-(a few seconds), so checks are grouped into few scripts (``tests/multidevice/``).
+(a few seconds), so the 8-device checks all run in one child
+(``tests/multidevice/eight_devices.py``, once per session: :class:`Sections`), each
+reported by its own test.
 
 The child installs typeguard's import hook for ``statetree``, as the pytest plugin does
 in this process, so the public API's annotations are checked there too.
@@ -11,6 +13,7 @@ in this process, so the public API's annotations are checked there too.
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -45,27 +48,44 @@ def child_command(script: pathlib.Path | str, *args: str) -> list[str]:
     return [sys.executable, "-c", _BOOT, str(script), *args]
 
 
-def run_script(
-    script: pathlib.Path | str, *args: str, devices: int = DEVICES, timeout: float = 180
-) -> str:
-    """Run ``script`` in a child with ``devices`` CPU devices; return what it printed.
+class Sections:
+    """The output of a script that frames each of its checks as ``=== NAME`` ... then
+    ``=== NAME: passed`` or ``=== NAME: FAILED`` (tests/multidevice/eight_devices.py),
+    run once; each test asks for its own check with :meth:`section`."""
 
-    A non-zero exit fails the calling test with the child's whole output, so an
-    assertion inside the script reads as it would in-process.
-    """
-    proc = subprocess.run(
-        child_command(script, *args),
-        env=child_env(devices),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{pathlib.Path(script).name} failed in a subprocess with {devices} devices "
-            f"(exit code {proc.returncode}).\n--- stdout ---\n{proc.stdout}"
-            f"\n--- stderr ---\n{proc.stderr}",
-            pytrace=False,
+    def __init__(self, script: pathlib.Path, *args: str, devices: int, timeout: float) -> None:
+        self.name = script.name
+        self.devices = devices
+        proc = subprocess.run(
+            child_command(script, *args),
+            env=child_env(devices),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
-    return proc.stdout
+        self.returncode = proc.returncode
+        self.stdout, self.stderr = proc.stdout, proc.stderr
+        frames = re.finditer(
+            r"^=== (.+?)\n(.*?)^=== \1: (passed|FAILED)$", proc.stdout, re.M | re.S
+        )
+        self.sections = {m.group(1): (m.group(3) == "passed", m.group(2)) for m in frames}
+
+    def section(self, name: str) -> str:
+        """What the check ``name`` printed; fails the calling test if that check failed
+        (with its traceback) or never finished (with the whole output)."""
+        if name not in self.sections:
+            pytest.fail(
+                f"{self.name}: the check {name!r} did not finish in the subprocess with "
+                f"{self.devices} devices (exit code {self.returncode}).\n--- stdout ---\n"
+                f"{self.stdout}\n--- stderr ---\n{self.stderr}",
+                pytrace=False,
+            )
+        passed, out = self.sections[name]
+        if not passed:
+            pytest.fail(
+                f"{self.name}: the check {name!r} failed in the subprocess with "
+                f"{self.devices} devices:\n{out}",
+                pytrace=False,
+            )
+        return out

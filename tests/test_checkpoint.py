@@ -11,12 +11,13 @@ import shutil
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _subprocess import ROOT, SCRIPTS, child_command, child_env, run_script
+from _subprocess import ROOT, SCRIPTS, child_command, child_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st_h
 
@@ -185,10 +186,12 @@ def test_missing_orbax_names_the_extra(tmp_path: pathlib.Path, monkeypatch) -> N
         st.restore(tmp_path / "c", {"x": jnp.ones(2)})
 
 
-def test_restore_across_device_layouts(tmp_path: pathlib.Path) -> None:
-    out = run_script(SCRIPTS / "checkpoint_layouts.py", str(tmp_path))
+def test_restore_across_device_layouts(eight_devices: Any) -> None:
+    # tests/multidevice/checkpoint_layouts.py, in the session's 8-device subprocess.
+    out = eight_devices.section("checkpoint layouts")
     assert "restored onto 4x2 mesh, other axes" in out and "restored onto one device" in out
     # The 8-device checkpoint restores in this one-device process too.
+    tmp_path = eight_devices.directory
     expected = np.load(tmp_path / "expected.npz")
     target = st.mutable(
         {

@@ -75,7 +75,7 @@ def test_benchmark_baseline_trains_like_equinox() -> None:
     # Compiled differently, the two agree to float rounding, which Adam's first steps
     # (update ~ lr * sign(gradient)) amplify where a gradient is near zero: 1e-4 here.
     np.testing.assert_allclose(got, want, rtol=1e-3)
-    assert got[0] == want[0]
+    assert got[0] == pytest.approx(want[0], rel=1e-6)  # one forward pass: rounding only
 
 
 def test_kv_decoder_generates_and_caches_like_pure_equinox() -> None:

@@ -420,10 +420,11 @@ def test_nodes_stacked_with_vmap_and_scanned():
     x = jnp.ones((4, 2))
     y = run(stack, x)
     expected = x
+    # The scan and these eager ops are compiled apart: they agree to float rounding.
     for i in range(3):
         expected = jax.nn.gelu(expected @ stack.w[i])
-        np.testing.assert_allclose(stack.mean[i], expected.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(y, expected, rtol=1e-6)
+        np.testing.assert_allclose(stack.mean[i], expected.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
 
 
 def test_node_holding_a_prng_key_variable():
