@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 # Two workers (pytest-xdist): the suite is CPU-bound and this machine has two cores.
-# loadgroup keeps tests that share expensive state on one worker, in the order
-# tests/conftest.py gives (heaviest first); see its scheduling notes.
+# loadgroup keeps tests that share expensive state on one worker and hands them out
+# heaviest first (tests/conftest.py, "scheduling on two workers").
 test: lint typecheck
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

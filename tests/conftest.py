@@ -24,9 +24,15 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # Tests that share expensive state go to one worker as one unit: a module's tests (its
 # module-scoped fixtures and compiled functions), a docs page's run and the module that
 # checks what the page built (tests/_pages.py runs a page once per process), and the
-# 8-device checks (one child process per session). Units then go out heaviest first, so
-# the longest start early and the two workers finish together. The figures are rough
-# CPU seconds on a 2-core machine; a stale one only costs balance, never a test.
+# 8-device checks (one child process per session). Units go out heaviest first, so the
+# longest start early and the two workers finish together.
+#
+# pytest-xdist 3.8's own loadgroup cannot group on pytest 9 (it renames a node id that
+# pytest no longer reads), so `--dist loadgroup` gets the scheduler below, which groups
+# by node id alone: the controller process collects no tests.
+
+# Rough CPU seconds of the heaviest units on a 2-core machine; a stale figure only costs
+# balance, never a test.
 HEAVY_UNITS = {
     "tests/test_benchmarks.py": 30,
     "tests/test_equinox_examples.py": 30,
@@ -42,30 +48,67 @@ HEAVY_UNITS = {
     "tests/test_packed.py": 8,
     "page docs/recipes/scan-over-layers.md": 8,
 }
+# The tests that use the `eight_devices` fixture (checked at collection).
+EIGHT_DEVICE_TESTS = {
+    "tests/test_checkpoint.py::test_restore_across_device_layouts",
+    "tests/test_packed.py::test_named_shardings_across_devices",
+    "tests/test_sharding.py::test_sharding_recipe_runs_on_8_devices",
+    "tests/test_sharding.py::test_variables_keep_sharding_on_8_devices",
+}
+# Test modules that check what a docs page built (their PAGE; checked at collection).
+PAGE_MODULES = {
+    "tests/test_recipes_scan.py": "docs/recipes/scan-over-layers.md",
+    "tests/test_recipes_training.py": "docs/recipes/training-loop.md",
+}
 # Modules whose tests are independent and cheap to set up: each test is its own unit.
 SPLIT_MODULES = {"tests/test_docs.py"}
 
 
-def _unit(item: pytest.Item) -> str | None:
-    """The scheduling unit (xdist group) of ``item``; None: the test on its own."""
-    if "eight_devices" in getattr(item, "fixturenames", ()):
+def unit(nodeid: str) -> str:
+    """The scheduling unit of the test ``nodeid``."""
+    if nodeid in EIGHT_DEVICE_TESTS:
         return "8 devices"
-    module = item.nodeid.split("::")[0]
-    page = getattr(getattr(item, "module", None), "PAGE", None)  # tests/test_recipes_*.py
-    if getattr(item, "originalname", None) == "test_page_runs":
-        page = item.callspec.params["page"]  # type: ignore[attr-defined]
-    if page is not None:
-        return f"page {os.path.relpath(page, item.config.rootpath)}"
-    return None if module in SPLIT_MODULES else module
+    module, _, name = nodeid.partition("::")
+    if module in PAGE_MODULES:
+        return f"page {PAGE_MODULES[module]}"
+    if module == "tests/test_docs.py" and name.startswith("test_page_runs["):
+        return f"page {name.removeprefix('test_page_runs[').removesuffix(']')}"
+    return nodeid if module in SPLIT_MODULES else module
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    units = {item: _unit(item) for item in items}
-    for item, unit in units.items():
-        if unit is not None:
-            item.add_marker(pytest.mark.xdist_group(unit))
-    items.sort(key=lambda item: -HEAVY_UNITS.get(units[item] or "", 0))  # stable
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        uses_eight = "eight_devices" in getattr(item, "fixturenames", ())
+        if uses_eight != (item.nodeid in EIGHT_DEVICE_TESTS):
+            raise pytest.UsageError(
+                f"{item.nodeid} {'uses' if uses_eight else 'does not use'} the eight_devices "
+                "fixture: list exactly those tests in EIGHT_DEVICE_TESTS (tests/conftest.py), "
+                "so that they share one worker and one 8-device process."
+            )
+        page = getattr(getattr(item, "module", None), "PAGE", None)
+        if page is not None and PAGE_MODULES.get(module) != os.path.relpath(page, config.rootpath):
+            raise pytest.UsageError(
+                f"{module} checks the page {page}: name it in PAGE_MODULES (tests/conftest.py), "
+                "so that the page runs once, on the worker that runs these tests."
+            )
+    items.sort(key=lambda item: -HEAVY_UNITS.get(unit(item.nodeid), 0))  # stable
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        """xdist's scope scheduling, a scope being a unit above, in collection order."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep the heaviest-first order
+    return UnitScheduling(config, log)
 
 
 CORPUS_NAMES = [
