@@ -53,11 +53,14 @@ class Sections:
     ``=== NAME: passed`` or ``=== NAME: FAILED`` (tests/multidevice/eight_devices.py),
     run once; each test asks for its own check with :meth:`section`."""
 
-    def __init__(self, script: pathlib.Path, *args: str, devices: int, timeout: float) -> None:
+    def __init__(
+        self, script: pathlib.Path, directory: pathlib.Path, *, devices: int, timeout: float
+    ) -> None:
         self.name = script.name
+        self.directory = directory  # the script's one argument: where it writes files
         self.devices = devices
         proc = subprocess.run(
-            child_command(script, *args),
+            child_command(script, str(directory)),
             env=child_env(devices),
             cwd=ROOT,
             capture_output=True,

@@ -6,9 +6,12 @@ instrumented (tests/test_typeguard.py fails if that happens).
 """
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from _subprocess import Sections
 
 # Compile at XLA's lowest backend optimisation level: most of this suite's time is XLA
 # compiling small programs once each, and -O0 halves that. The programs compute the same
@@ -136,13 +139,11 @@ def corpus_tree(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture(scope="session")
-def eight_devices(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def eight_devices(tmp_path_factory: pytest.TempPathFactory) -> "Sections":
     """Every 8-device check, run once in one child process
     (tests/multidevice/eight_devices.py): a test takes its own with ``.section(name)``;
     ``.directory`` holds what the checkpoint check saved."""
     from _subprocess import SCRIPTS, Sections
 
     directory = tmp_path_factory.mktemp("eight_devices")
-    sections = Sections(SCRIPTS / "eight_devices.py", str(directory), devices=8, timeout=300)
-    sections.directory = directory
-    return sections
+    return Sections(SCRIPTS / "eight_devices.py", directory, devices=8, timeout=300)
