@@ -20,9 +20,20 @@ every later call.
   the Ref never shares memory with the caller's array. Where JAX has no such buffer,
   the Refs and values go to one jitted function per chunk that writes them.
 
-Groups smaller than :data:`MIN_GROUP` go one by one: a few Refs are not worth a compile.
+That copy, one fresh array per Ref, is the floor of an eager freeze or update: JAX
+donates a Ref's buffer to the next jitted call that writes the Ref, so no snapshot
+may share it, and no Ref may share the caller's array. ``benchmarks/bench_scale.py``
+times it beside the tree operations. The common case (every buffer and value a plain
+``jax.Array``: the ones of a tree made by ``st.mutable``) is checked and grouped in
+C-level passes over the lists, not one Python step per Ref.
+
+Only outside every transform: inside ``jax.jit`` a Ref the function closes over is read
+and written when the compiled function runs, so there each Ref goes through JAX's own
+``ref[...]`` (a copy taken here would be a constant of the trace). Groups smaller than
+:data:`MIN_GROUP` go one by one too: a few Refs are not worth a compile.
 """
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,10 +42,49 @@ import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["read_refs", "write_refs", "CHUNK", "MIN_GROUP"]
+__all__ = [
+    "ARRAY",
+    "CHUNK",
+    "MIN_GROUP",
+    "array_key",
+    "buffers",
+    "copy_arrays",
+    "read_refs",
+    "write_checked",
+    "top_level",
+    "write_refs",
+]
 
 CHUNK = 256
 MIN_GROUP = 16
+
+try:  # the type of a concrete jax.Array: `type(x) is ARRAY` is one C comparison,
+    # where `isinstance(x, jax.Array)` goes through JAX's metaclass
+    from jax._src.array import ArrayImpl as ARRAY
+except ImportError:  # pragma: no cover - moved in another JAX: the general path only
+
+    class ARRAY:  # type: ignore[no-redef]  # no object has this type
+        def is_deleted(self) -> bool:
+            return True
+
+
+try:  # whether no transform is tracing now
+    from jax._src.core import trace_ctx as _trace_ctx
+
+    def top_level() -> bool:
+        """True outside every JAX transform (no ``jit``, ``grad``, ``vmap`` tracing)."""
+        return bool(_trace_ctx.is_top_level())
+
+except ImportError:  # pragma: no cover - private names moved: Ref by Ref
+
+    def top_level() -> bool:
+        """True outside every JAX transform; unknown here, so False (Ref by Ref)."""
+        return False
+
+
+# What arrays copied in one call share: type (weak typing included) and sharding. For
+# concrete arrays only (type ARRAY): the attribute behind their `sharding` property.
+array_key = operator.attrgetter("aval", "_sharding")
 
 
 @jax.jit
@@ -55,8 +105,19 @@ def _write_refs(refs: list[Any], values: list[Any]) -> None:
 
 def _buffer(ref: Any) -> Any:
     """The array a concrete ``jax.Ref`` keeps, or None where JAX keeps it elsewhere."""
-    buf = getattr(getattr(ref, "_refs", None), "_buf", None)
+    try:
+        buf = ref._refs._buf
+    except AttributeError:
+        return None
+    if type(buf) is ARRAY:
+        return buf
     return buf if isinstance(buf, jax.Array) and not isinstance(buf, jax.core.Tracer) else None
+
+
+def buffers(refs: Sequence[Any]) -> list[Any]:
+    """:func:`_buffer` of each of ``refs`` (None for those whose buffer JAX keeps
+    elsewhere)."""
+    return list(map(_buffer, refs))
 
 
 def _chunks(members: list[int]) -> list[list[int]]:
@@ -80,8 +141,14 @@ def _grouped(keys: Sequence[Any]) -> tuple[list[list[int]], list[int]]:
             alone.append(i)
         else:
             groups.setdefault(key, []).append(i)
+    return _batched(list(groups.values()), alone)
+
+
+def _batched(groups: list[list[int]], alone: list[int]) -> tuple[list[list[int]], list[int]]:
+    """The chunks of each group of at least :data:`MIN_GROUP`; the rest added to
+    ``alone``."""
     batched = []
-    for members in groups.values():
+    for members in groups:
         if len(members) < MIN_GROUP:
             alone.extend(members)
         else:
@@ -89,24 +156,62 @@ def _grouped(keys: Sequence[Any]) -> tuple[list[list[int]], list[int]]:
     return batched, alone
 
 
-def _replaceable(ref: Any) -> Any:
-    """The buffer of ``ref`` if it can take a new array in place, else None."""
-    buf = _buffer(ref)
-    return buf if buf is not None and hasattr(buf, "_replace_with") else None
+def _grouped_by(keys: list[Any]) -> tuple[list[list[int]], list[int]]:
+    """:func:`_grouped` for keys that are never None, in C-level passes: one hash per
+    key, then a stable sort of the group numbers (a tree holds a few kinds of array,
+    each many times)."""
+    n = len(keys)
+    distinct = dict.fromkeys(keys)
+    if len(distinct) == 1:
+        return _batched([list(range(n))], [])
+    number = {key: i for i, key in enumerate(distinct)}
+    codes = np.fromiter(map(number.__getitem__, keys), np.intp, n)
+    order = np.argsort(codes, kind="stable").tolist()
+    ends = np.cumsum(np.bincount(codes)).tolist()
+    groups = [order[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+    return _batched(groups, [])
 
 
-def _key(array: Any) -> Any:
-    """What arrays (or Refs) read in one call share: type (weak typing included) and
-    sharding."""
-    aval = array.aval
-    return (getattr(aval, "inner_aval", aval), array.sharding)
+def copy_arrays(arrays: Sequence[Any], keys: list[Any] | None = None) -> list[Any] | None:
+    """Fresh copies of concrete ``jax.Array``s, one jitted call per chunk of arrays of
+    one type and sharding; None when some are not plain concrete arrays, or inside a
+    transform (the caller then goes its general way). ``keys``: their
+    :data:`array_key`, when the caller has them."""
+    if not arrays or not top_level():
+        return None
+    if keys is None:
+        if set(map(type, arrays)) != _JUST_ARRAYS:
+            return None
+        keys = list(map(array_key, arrays))
+    batched, alone = _grouped_by(keys)
+    out: list[Any] = [None] * len(arrays)
+    for chunk in batched:
+        copies = _copy_arrays([arrays[i] for i in chunk])
+        for i, copy in zip(chunk, copies, strict=True):
+            out[i] = copy
+    for i in alone:
+        out[i] = jnp.copy(arrays[i])
+    return out
+
+
+_JUST_ARRAYS = {ARRAY}  # the set of types of a list of concrete jax.Arrays
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
 
 
 def read_refs(refs: Sequence[Any]) -> list[Any]:
     """The current value of each concrete ``jax.Ref`` in ``refs``, as fresh arrays that
     later writes into the Refs do not reach."""
-    buffers = [_buffer(r) for r in refs]
-    fast = all(b is not None for b in buffers)
+    if not top_level():  # inside a transform: JAX reads each when the function runs
+        return [r[...] for r in refs]
+    buffers = list(map(_buffer, refs))
+    fast = not any(map(_is_none, buffers))
+    if fast:
+        copies = copy_arrays(buffers)
+        if copies is not None:
+            return copies
     keys = [_key(b) for b in buffers] if fast else [_key(r) for r in refs]
     batched, alone = _grouped(keys)
     out: list[Any] = [None] * len(refs)
@@ -120,6 +225,19 @@ def read_refs(refs: Sequence[Any]) -> list[Any]:
     for i in alone:
         out[i] = refs[i][...]
     return out
+
+
+def _replaceable(ref: Any) -> Any:
+    """The buffer of ``ref`` if it can take a new array in place, else None."""
+    buf = _buffer(ref)
+    return buf if buf is not None and hasattr(buf, "_replace_with") else None
+
+
+def _key(array: Any) -> Any:
+    """What arrays (or Refs) read in one call share: type (weak typing included) and
+    sharding."""
+    aval = array.aval
+    return (getattr(aval, "inner_aval", aval), array.sharding)
 
 
 def _on_device(refs: Sequence[Any], values: Sequence[Any]) -> Sequence[Any]:
@@ -140,13 +258,46 @@ def _on_device(refs: Sequence[Any], values: Sequence[Any]) -> Sequence[Any]:
     return out
 
 
+def _write_fast(buffers: list[Any], values: Sequence[Any], keys: list[Any] | None = None) -> bool:
+    """The common case of :func:`write_refs`, carried out: every value a concrete array
+    of its Ref's type and sharding (known when the caller gives their ``keys``).
+    False (nothing written) when that is not the case."""
+    if keys is None:
+        if set(map(type, buffers)) != _JUST_ARRAYS or set(map(type, values)) != _JUST_ARRAYS:
+            return False
+        keys = list(map(array_key, values))
+        if keys != list(map(array_key, buffers)):
+            return False
+    copies = copy_arrays(values, keys)
+    if copies is None:
+        return False
+    for buf, copy in zip(buffers, copies, strict=True):
+        buf._replace_with(copy)
+    return True
+
+
+def write_checked(refs: Sequence[Any], values: Sequence[Any], keys: list[Any]) -> None:
+    """:func:`write_refs` for pairs already known to take its common case (the write
+    plan checked them, ``keys`` being their :data:`array_key`: see
+    ``statetree._plan._accepted``), without checking again; the last write to a Ref
+    wins."""
+    if not _write_fast(buffers(refs), values, keys):
+        write_refs(refs, values)
+
+
 def write_refs(refs: Sequence[Any], values: Sequence[Any]) -> None:
     """``ref[...] = value`` for each pair; the values already have their Ref's shape
     and dtype. Values that are not concrete arrays of their Ref's type (weak typing
     included) and sharding go one by one."""
+    if not top_level():  # inside a transform: JAX writes each when the function runs
+        for ref, value in zip(refs, values, strict=True):
+            ref[...] = value
+        return
+    buffers = list(map(_replaceable, refs))
+    if _write_fast(buffers, values):
+        return
     values = _on_device(refs, values)
-    buffers = [_replaceable(r) for r in refs]
-    fast = all(b is not None for b in buffers)
+    fast = not any(map(_is_none, buffers))
     keys: list[Any] = []
     for ref, buf, value in zip(refs, buffers, values, strict=True):
         if not isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer):

@@ -5,9 +5,11 @@ distinct value once, unflatten. Mapping each *distinct* Variable once is what ke
 sharing: two paths that held one Variable hold one (new) Variable after.
 """
 
+import operator
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, overload
 
+import jax
 import jax.numpy as jnp
 
 from . import _graph, _packed, _plan, _storage
@@ -56,6 +58,18 @@ def _map_read(
     (one dispatch per chunk of Refs, not one per Ref: see :mod:`statetree._bulk`).
     Other selected values become ``rest(value)`` if ``rest`` is given."""
     graphdef, values = _graph.flatten(tree)
+    if only is Ellipsis and None not in graphdef.kinds:  # every value a Variable
+        raws = list(map(_raw_of, values))
+        if set(map(type, raws)) == _CONCRETE_REF:  # all mutable, plain Refs
+            arrays = _storage.read_all(raws)
+            if fn is _to_frozen_array:
+                return _graph.unflatten(graphdef, arrays)
+            if fn is _to_frozen:  # inlined: one Python call per Variable, not two
+                pairs = zip(values, arrays, strict=True)
+                return _graph.unflatten(
+                    graphdef, [type(v)._from_raw(a, v._metadata) for v, a in pairs]
+                )
+            return _graph.unflatten(graphdef, list(map(fn, values, arrays)))
     chosen = _chosen(graphdef, values, only)
     new = list(values)
     where, raws = [], []
@@ -69,6 +83,10 @@ def _map_read(
     for i, array in zip(where, _storage.read_all(raws), strict=True):
         new[i] = fn(values[i], array)
     return _graph.unflatten(graphdef, new)
+
+
+_raw_of = operator.attrgetter("_raw")
+_CONCRETE_REF = {jax.Ref}  # the types of a list of concrete Refs (not tracers, not views)
 
 
 def _to_mutable(value: Any) -> Any:

@@ -17,12 +17,13 @@ Two rules for values, chosen per plan:
   dtype and shape already, so a State from another model never lands silently.
 """
 
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 
-from . import _storage, _writes
+from . import _bulk, _storage, _writes
 from ._errors import (
     FrozenVariableError,
     RefValueError,
@@ -135,6 +136,48 @@ def _exact(raw: Any, new: Any) -> Any:
     raise StructureError(f"expected {dtype}{list(shape)}, got {got}")
 
 
+_raw_of = operator.attrgetter("_raw")
+_CONCRETE_REF = {jax.Ref}  # the types of a list of concrete Refs (not tracers or views)
+_CONCRETE_ARRAY = {_bulk.ARRAY}  # ... of concrete jax.Arrays (not tracers or keys)
+
+
+def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> list[tuple[Any, Any, Any]] | None:
+    """The writes ``(raw, value, key)`` of ``target[...] = new`` for each pair, when every
+    pair takes the fast path: each target a mutable Variable (kinds subclass
+    :class:`Box`) around a concrete ``jax.Ref``; each new value a concrete, readable
+    ``jax.Array`` (or a Variable of the target's very kind around one) whose type and
+    sharding equal those of the Ref's buffer. Then each check :func:`prepare` makes
+    holds (storage, readable, kind, dtype and shape, under either rule; NumPy's
+    casting has nothing to cast), and ``stop_gradient`` of a concrete array outside a
+    transform is the array. None when any pair does not qualify (each then goes
+    through :func:`prepare`); nothing is checked twice in the common case, and the
+    other cases keep every check and message."""
+    if len(targets) < _bulk.MIN_GROUP or not _bulk.top_level():
+        return None  # a few values: one by one costs less than the passes below
+    kinds = list(map(type, targets))
+    if not all(issubclass(kind, Box) for kind in set(kinds)):
+        return None
+    raws = list(map(_raw_of, targets))
+    if set(map(type, raws)) != _CONCRETE_REF:
+        return None
+    values = list(news)
+    if set(map(type, values)) != _CONCRETE_ARRAY:
+        if list(map(type, values)) != kinds:  # Variables of the targets' kinds
+            return None
+        values = list(map(_raw_of, values))
+        if set(map(type, values)) != _CONCRETE_ARRAY:
+            return None
+    if any(map(_bulk.ARRAY.is_deleted, values)):
+        return None
+    buffers = _bulk.buffers(raws)
+    if set(map(type, buffers)) != _CONCRETE_ARRAY:
+        return None
+    keys = list(map(_bulk.array_key, values))
+    if keys != list(map(_bulk.array_key, buffers)):
+        return None
+    return list(zip(raws, values, keys, strict=True))
+
+
 def write_one(target: Any, idx: Any, new: Any) -> None:
     """``target[idx] = new`` for one Variable: checked, then written (NumPy rules)."""
     if isinstance(new, Box):
@@ -162,7 +205,7 @@ class WritePlan:
         (callers that know positions cheaply and paths only at a cost pass positions).
     """
 
-    __slots__ = ("_problems", "_where", "_writes", "exact", "who")
+    __slots__ = ("_checked", "_problems", "_where", "_writes", "exact", "who")
 
     def __init__(
         self, who: str, *, exact: bool = False, where: Callable[[Any], Path] | None = None
@@ -171,15 +214,38 @@ class WritePlan:
         self.exact = exact
         self._where = where
         self._writes: list[tuple[Any, Any]] = []
+        # Writes the fast path accepted (add_all), while no other write was added;
+        # else they join ``_writes``, in order. At most one of the two is non-empty.
+        self._checked: list[tuple[Any, Any, Any]] = []
         self._problems: list[tuple[Any, StateTreeError]] = []
 
     def add(self, target: Any, new: Any, path: Any = None) -> None:
         """Plan ``target[...] = new``; a write that cannot be made is remembered (with
         ``path`` for the message) and refuses the whole plan at :meth:`commit`."""
+        if self._checked:  # keep the order: the accepted writes come first
+            self._writes = [(raw, value) for raw, value, _ in self._checked]
+            self._checked = []
         try:
             self._writes.append(prepare(target, new, Ellipsis, self.exact))
         except StateTreeError as e:
             self._problems.append((path, e))
+
+    def add_all(self, targets: Sequence[Any], news: Sequence[Any], paths: Sequence[Any]) -> None:
+        """:meth:`add` for each ``(target, new, path)``. The common case, every target a
+        mutable Variable holding a concrete ``jax.Ref`` and every value a concrete array
+        (or a Variable of the target's kind around one) of exactly the target's type
+        (weak typing included) and sharding, is checked in C-level passes over the
+        lists (:func:`_accepted`, for :data:`statetree._bulk.MIN_GROUP` values or
+        more); anything else goes value by value through :meth:`add`, with its checks
+        and messages."""
+        accepted = _accepted(targets, news)
+        if accepted is None:
+            for target, new, path in zip(targets, news, paths, strict=True):
+                self.add(target, new, path)
+        elif self._writes:  # after other writes: carried out with them, in order
+            self._writes.extend((raw, value) for raw, value, _ in accepted)
+        else:
+            self._checked.extend(accepted)
 
     def refuse(self, path: Any, problem: StateTreeError) -> None:
         """Record a problem found by the caller (an extra path, a conflict)."""
@@ -194,8 +260,11 @@ class WritePlan:
         """Carry out every planned write, or none: raise when any write was refused."""
         if self._problems:
             raise self.error()
-        _storage.write_all(self._writes)
-        self._writes = []
+        if self._writes:
+            _storage.write_all(self._writes)
+        elif self._checked:  # only writes the fast path accepted: not checked again
+            _storage.write_checked(self._checked)
+        self._writes, self._checked = [], []
 
     def error(self) -> StateTreeError:
         """One error naming every refused write: of the class the problems share, or a

@@ -300,6 +300,7 @@ def update(tree: Any, *states: State, exact: bool = True) -> None:
         plan.refuse(None, StructureError(Misfit(path, "not in the tree (extra path)").line()[2:]))
     for conflict in twice:
         plan.refuse(None, StructureError(conflict.line()[2:]))
-    for i, (_, new) in chosen.items():
-        plan.add(targets[i], new, i)
+    positions = list(chosen)
+    news = [new for _, new in chosen.values()]
+    plan.add_all([targets[i] for i in positions], news, positions)
     plan.commit()  # all or nothing; packed views: one write per buffer

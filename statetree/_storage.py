@@ -12,6 +12,7 @@ A Variable holds one *raw* object:
 Nothing else in statetree looks inside a raw object: it goes through the functions below.
 """
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "read_all",
     "write",
     "write_all",
+    "write_checked",
     "write_at",
     "new_storage",
     "register_storage",
@@ -79,6 +81,8 @@ def read(raw: Any) -> Any:
 def read_all(raws: Sequence[Any]) -> list[Any]:
     """:func:`read` of each of ``raws``; concrete ``jax.Ref``s are read together
     (:mod:`statetree._bulk`: one dispatch per chunk instead of one per Ref)."""
+    if set(map(type, raws)) == _CONCRETE_REF:  # the common case: no other storage
+        return _bulk.read_refs(raws)
     out = list(raws)
     refs: list[int] = []
     for i, raw in enumerate(raws):
@@ -90,6 +94,11 @@ def read_all(raws: Sequence[Any]) -> list[Any]:
         for i, value in zip(refs, _bulk.read_refs([raws[i] for i in refs]), strict=True):
             out[i] = value
     return out
+
+
+# The set of types of a list of concrete Refs (tracers of Refs have other types).
+_CONCRETE_REF = {jax.Ref}
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def _is_concrete_ref(raw: Any) -> bool:
@@ -104,6 +113,10 @@ def write(raw: Any, value: Any) -> None:
 def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
     """:func:`write` for each ``(raw, value)``, in order; storages registered with a
     ``write_many`` get theirs in one call (for packed views: one write per buffer)."""
+    raws = list(map(_first, writes))
+    if set(map(type, raws)) == _CONCRETE_REF and len(set(map(id, raws))) == len(raws):
+        _bulk.write_refs(raws, list(map(_second, writes)))  # distinct concrete Refs
+        return
     batched: dict[Callable[[list[tuple[Any, Any]]], None], list[tuple[Any, Any]]] = {}
     refs: dict[int, tuple[Any, Any]] = {}  # concrete Refs by id: the last write wins
     for raw, value in writes:
@@ -119,6 +132,15 @@ def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
         _bulk.write_refs([r for r, _ in refs.values()], [v for _, v in refs.values()])
     for many, pairs in batched.items():
         many(pairs)
+
+
+def write_checked(writes: Sequence[tuple[Any, Any, Any]]) -> None:
+    """:func:`write_all` of whole-value writes ``(Ref, value, key)`` into concrete
+    ``jax.Ref``s that the write plan's fast path accepted (each value a concrete array
+    of its Ref's type and sharding, ``key`` saying which): copied in one call per
+    chunk, with no check made again."""
+    raws, values, keys = map(list, zip(*writes, strict=True))
+    _bulk.write_checked(raws, values, keys)
 
 
 def write_at(raw: Any, idx: Any, value: Any) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from jax.core import Tracer
 
 from . import _storage
+from ._bulk import top_level as _top_level  # whether no transform is tracing now
 from ._errors import UnreadableValueError, VariableIndexError, VariableWriteError
 
 __all__ = ["check_index", "check_readable", "coerce", "family", "scalar", "unreadable"]
@@ -131,18 +132,6 @@ def _indexed_shape(shape: tuple[int, ...], idx: Any, describe: Callable[[], str]
     # Indices holding tracers: ask JAX.
     probe = jax.ShapeDtypeStruct(shape, jnp.bool_)
     return jax.eval_shape(lambda a: a[idx], probe).shape
-
-
-try:  # whether no transform is tracing now: then every tracer has escaped its own
-    from jax._src.core import trace_ctx as _trace_ctx
-
-    def _top_level() -> bool:
-        return bool(_trace_ctx.is_top_level())
-
-except ImportError:  # pragma: no cover - private names moved: JAX's own error remains
-
-    def _top_level() -> bool:
-        return False
 
 
 def unreadable(x: Any) -> str | None:
