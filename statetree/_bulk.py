@@ -46,7 +46,9 @@ __all__ = [
     "ARRAY",
     "CHUNK",
     "MIN_GROUP",
-    "array_key",
+    "Types",
+    "array_types",
+    "same_types",
     "buffers",
     "copy_arrays",
     "read_refs",
@@ -83,8 +85,32 @@ except ImportError:  # pragma: no cover - private names moved: Ref by Ref
 
 
 # What arrays copied in one call share: type (weak typing included) and sharding. For
-# concrete arrays only (type ARRAY): the attribute behind their `sharding` property.
-array_key = operator.attrgetter("aval", "_sharding")
+# concrete arrays only (type ARRAY): `_sharding` is the attribute behind `sharding`.
+_aval_of = operator.attrgetter("aval")
+_sharding_of = operator.attrgetter("_sharding")
+
+Types = tuple[list[Any], list[Any]]  # the avals and the shardings of a list of arrays
+
+
+def array_types(arrays: Sequence[Any]) -> Types:
+    """The aval (type, weak typing included) and the sharding of each concrete array."""
+    return list(map(_aval_of, arrays)), list(map(_sharding_of, arrays))
+
+
+def _equal_all(xs: list[Any], ys: list[Any]) -> bool:
+    """``xs[i] == ys[i]`` for every ``i``, comparing each distinct pair of objects once
+    (a tree's arrays share a few aval and sharding objects; their ``==`` is Python)."""
+    if len(xs) != len(ys):
+        return False
+    ids = zip(map(id, xs), map(id, ys), strict=True)
+    pairs = dict(zip(ids, zip(xs, ys, strict=True), strict=True))
+    return all(x is y or x == y for x, y in pairs.values())
+
+
+def same_types(a: Types, b: Types) -> bool:
+    """Whether two lists of arrays have, position by position, equal avals and
+    shardings (:func:`array_types`)."""
+    return _equal_all(a[0], b[0]) and _equal_all(a[1], b[1])
 
 
 @jax.jit
@@ -156,34 +182,37 @@ def _batched(groups: list[list[int]], alone: list[int]) -> tuple[list[list[int]]
     return batched, alone
 
 
-def _grouped_by(keys: list[Any]) -> tuple[list[list[int]], list[int]]:
-    """:func:`_grouped` for keys that are never None, in C-level passes: one hash per
-    key, then a stable sort of the group numbers (a tree holds a few kinds of array,
-    each many times)."""
-    n = len(keys)
-    distinct = dict.fromkeys(keys)
-    if len(distinct) == 1:
+def _grouped_by(types: Types) -> tuple[list[list[int]], list[int]]:
+    """:func:`_grouped` of arrays by their :func:`array_types`, in C-level passes: the
+    objects' ids first (a tree's arrays share a few aval and sharding objects), equal
+    objects then merged, and a stable sort of the group numbers."""
+    avals, shardings = types
+    n = len(avals)
+    ids = list(zip(map(id, avals), map(id, shardings), strict=True))
+    distinct = dict(zip(ids, zip(avals, shardings, strict=True), strict=True))
+    kinds: dict[Any, int] = {}  # equal (aval, sharding) keys of distinct objects: one
+    number = {pair: kinds.setdefault(key, len(kinds)) for pair, key in distinct.items()}
+    if len(kinds) == 1:
         return _batched([list(range(n))], [])
-    number = {key: i for i, key in enumerate(distinct)}
-    codes = np.fromiter(map(number.__getitem__, keys), np.intp, n)
+    codes = np.fromiter(map(number.__getitem__, ids), np.intp, n)
     order = np.argsort(codes, kind="stable").tolist()
     ends = np.cumsum(np.bincount(codes)).tolist()
     groups = [order[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
     return _batched(groups, [])
 
 
-def copy_arrays(arrays: Sequence[Any], keys: list[Any] | None = None) -> list[Any] | None:
+def copy_arrays(arrays: Sequence[Any], types: Types | None = None) -> list[Any] | None:
     """Fresh copies of concrete ``jax.Array``s, one jitted call per chunk of arrays of
     one type and sharding; None when some are not plain concrete arrays, or inside a
-    transform (the caller then goes its general way). ``keys``: their
-    :data:`array_key`, when the caller has them."""
+    transform (the caller then goes its general way). ``types``: their
+    :func:`array_types`, when the caller has them."""
     if not arrays or not top_level():
         return None
-    if keys is None:
+    if types is None:
         if set(map(type, arrays)) != _JUST_ARRAYS:
             return None
-        keys = list(map(array_key, arrays))
-    batched, alone = _grouped_by(keys)
+        types = array_types(arrays)
+    batched, alone = _grouped_by(types)
     out: list[Any] = [None] * len(arrays)
     for chunk in batched:
         copies = _copy_arrays([arrays[i] for i in chunk])
@@ -258,17 +287,17 @@ def _on_device(refs: Sequence[Any], values: Sequence[Any]) -> Sequence[Any]:
     return out
 
 
-def _write_fast(buffers: list[Any], values: Sequence[Any], keys: list[Any] | None = None) -> bool:
+def _write_fast(buffers: list[Any], values: Sequence[Any], types: Types | None = None) -> bool:
     """The common case of :func:`write_refs`, carried out: every value a concrete array
-    of its Ref's type and sharding (known when the caller gives their ``keys``).
+    of its Ref's type and sharding (known when the caller gives their ``types``).
     False (nothing written) when that is not the case."""
-    if keys is None:
+    if types is None:
         if set(map(type, buffers)) != _JUST_ARRAYS or set(map(type, values)) != _JUST_ARRAYS:
             return False
-        keys = list(map(array_key, values))
-        if keys != list(map(array_key, buffers)):
+        types = array_types(values)
+        if not same_types(types, array_types(buffers)):
             return False
-    copies = copy_arrays(values, keys)
+    copies = copy_arrays(values, types)
     if copies is None:
         return False
     for buf, copy in zip(buffers, copies, strict=True):
@@ -276,12 +305,12 @@ def _write_fast(buffers: list[Any], values: Sequence[Any], keys: list[Any] | Non
     return True
 
 
-def write_checked(refs: Sequence[Any], values: Sequence[Any], keys: list[Any]) -> None:
+def write_checked(refs: Sequence[Any], values: Sequence[Any], types: Types) -> None:
     """:func:`write_refs` for pairs already known to take its common case (the write
-    plan checked them, ``keys`` being their :data:`array_key`: see
+    plan checked them, ``types`` being the values' :func:`array_types`: see
     ``statetree._plan._accepted``), without checking again; the last write to a Ref
     wins."""
-    if not _write_fast(buffers(refs), values, keys):
+    if not _write_fast(buffers(refs), values, types):
         write_refs(refs, values)
 
 

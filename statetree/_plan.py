@@ -137,13 +137,15 @@ def _exact(raw: Any, new: Any) -> Any:
 
 
 _raw_of = operator.attrgetter("_raw")
+# Writes the fast path accepted: the Refs, the values, the values' types (_bulk.Types).
+_Checked = tuple[list[Any], list[Any], _bulk.Types]
 _CONCRETE_REF = {jax.Ref}  # the types of a list of concrete Refs (not tracers or views)
 _CONCRETE_ARRAY = {_bulk.ARRAY}  # ... of concrete jax.Arrays (not tracers or keys)
 
 
-def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> list[tuple[Any, Any, Any]] | None:
-    """The writes ``(raw, value, key)`` of ``target[...] = new`` for each pair, when every
-    pair takes the fast path: each target a mutable Variable (kinds subclass
+def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
+    """The writes ``(raws, values, their types)`` of ``target[...] = new`` for each
+    pair, when every pair takes the fast path: each target a mutable Variable (kinds subclass
     :class:`Box`) around a concrete ``jax.Ref``; each new value a concrete, readable
     ``jax.Array`` (or a Variable of the target's very kind around one) whose type and
     sharding equal those of the Ref's buffer. Then each check :func:`prepare` makes
@@ -172,10 +174,10 @@ def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> list[tuple[Any, An
     buffers = _bulk.buffers(raws)
     if set(map(type, buffers)) != _CONCRETE_ARRAY:
         return None
-    keys = list(map(_bulk.array_key, values))
-    if keys != list(map(_bulk.array_key, buffers)):
+    types = _bulk.array_types(values)
+    if not _bulk.same_types(types, _bulk.array_types(buffers)):
         return None
-    return list(zip(raws, values, keys, strict=True))
+    return raws, values, types
 
 
 def write_one(target: Any, idx: Any, new: Any) -> None:
@@ -216,14 +218,16 @@ class WritePlan:
         self._writes: list[tuple[Any, Any]] = []
         # Writes the fast path accepted (add_all), while no other write was added;
         # else they join ``_writes``, in order. At most one of the two is non-empty.
-        self._checked: list[tuple[Any, Any, Any]] = []
+        self._checked: list[_Checked] = []
         self._problems: list[tuple[Any, StateTreeError]] = []
 
     def add(self, target: Any, new: Any, path: Any = None) -> None:
         """Plan ``target[...] = new``; a write that cannot be made is remembered (with
         ``path`` for the message) and refuses the whole plan at :meth:`commit`."""
         if self._checked:  # keep the order: the accepted writes come first
-            self._writes = [(raw, value) for raw, value, _ in self._checked]
+            self._writes = [
+                w for raws, values, _ in self._checked for w in zip(raws, values, strict=True)
+            ]
             self._checked = []
         try:
             self._writes.append(prepare(target, new, Ellipsis, self.exact))
@@ -243,9 +247,9 @@ class WritePlan:
             for target, new, path in zip(targets, news, paths, strict=True):
                 self.add(target, new, path)
         elif self._writes:  # after other writes: carried out with them, in order
-            self._writes.extend((raw, value) for raw, value, _ in accepted)
+            self._writes.extend(zip(accepted[0], accepted[1], strict=True))
         else:
-            self._checked.extend(accepted)
+            self._checked.append(accepted)
 
     def refuse(self, path: Any, problem: StateTreeError) -> None:
         """Record a problem found by the caller (an extra path, a conflict)."""
@@ -263,7 +267,14 @@ class WritePlan:
         if self._writes:
             _storage.write_all(self._writes)
         elif self._checked:  # only writes the fast path accepted: not checked again
-            _storage.write_checked(self._checked)
+            if len(self._checked) == 1:
+                raws, values, types = self._checked[0]
+            else:
+                raws = [r for batch in self._checked for r in batch[0]]
+                values = [v for batch in self._checked for v in batch[1]]
+                avals = [a for batch in self._checked for a in batch[2][0]]
+                types = (avals, [s for batch in self._checked for s in batch[2][1]])
+            _storage.write_checked(raws, values, types)
         self._writes, self._checked = [], []
 
     def error(self) -> StateTreeError:

@@ -134,13 +134,12 @@ def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
         many(pairs)
 
 
-def write_checked(writes: Sequence[tuple[Any, Any, Any]]) -> None:
-    """:func:`write_all` of whole-value writes ``(Ref, value, key)`` into concrete
-    ``jax.Ref``s that the write plan's fast path accepted (each value a concrete array
-    of its Ref's type and sharding, ``key`` saying which): copied in one call per
-    chunk, with no check made again."""
-    raws, values, keys = map(list, zip(*writes, strict=True))
-    _bulk.write_checked(raws, values, keys)
+def write_checked(refs: list[Any], values: list[Any], types: Any) -> None:
+    """Whole-value writes ``refs[i][...] = values[i]`` into concrete ``jax.Ref``s that
+    the write plan's fast path accepted (each value a concrete array of its Ref's type
+    and sharding, ``types`` saying which: ``statetree._bulk.array_types``): copied in
+    one call per chunk, with no check made again."""
+    _bulk.write_checked(refs, values, types)
 
 
 def write_at(raw: Any, idx: Any, value: Any) -> None:
