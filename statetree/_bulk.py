@@ -51,6 +51,7 @@ __all__ = [
     "same_types",
     "buffers",
     "copy_arrays",
+    "host_fits",
     "read_refs",
     "write_checked",
     "top_level",
@@ -305,13 +306,64 @@ def _write_fast(buffers: list[Any], values: Sequence[Any], types: Types | None =
     return True
 
 
+def host_fits(values: Sequence[Any], types: Types) -> bool:
+    """Whether NumPy arrays ``values`` can be written by :func:`write_checked` into
+    Refs whose buffers have ``types``: each of its buffer's shape and dtype, no buffer
+    weakly typed (a NumPy array is not), every buffer on one device."""
+    avals, shardings = types
+    if list(map(_shape_of, values)) != list(map(_shape_of, avals)):
+        return False
+    if list(map(_dtype_of, values)) != list(map(_dtype_of, avals)):
+        return False
+    distinct_avals = dict(zip(map(id, avals), avals, strict=True)).values()
+    distinct_shardings = dict(zip(map(id, shardings), shardings, strict=True)).values()
+    return not any(a.weak_type for a in distinct_avals) and all(
+        s.num_devices == 1 for s in distinct_shardings
+    )
+
+
+_shape_of = operator.attrgetter("shape")
+_dtype_of = operator.attrgetter("dtype")
+
+
+try:  # JAX's own one-array transfer (what `jax.device_put` ends in), without its
+    # per-array Python work (tens of microseconds)
+    from jax._src.lib import xla_client as _xc
+
+    _device_put_one = _xc.batched_device_put
+except (ImportError, AttributeError):  # pragma: no cover - moved: the general path
+    _device_put_one = None
+
+
+def _write_host(buffers: list[Any], values: Sequence[Any], types: Types) -> bool:
+    """Write NumPy ``values`` (:func:`host_fits` holds) into the Ref buffers, each by
+    one transfer to its buffer's device that copies (never aliases the caller's NumPy
+    memory, which a later in-place step would write into). False, nothing written,
+    where JAX lacks that transfer."""
+    if _device_put_one is None:
+        return False
+    avals, shardings = types
+    devices = {id(s): next(iter(s.device_set)) for s in shardings}
+    for buf, value, aval, sharding in zip(buffers, values, avals, shardings, strict=True):
+        device = devices[id(sharding)]
+        buf._replace_with(_device_put_one(aval, sharding, [value], [device], True, True))
+    return True
+
+
 def write_checked(refs: Sequence[Any], values: Sequence[Any], types: Types) -> None:
     """:func:`write_refs` for pairs already known to take its common case (the write
-    plan checked them, ``types`` being the values' :func:`array_types`: see
-    ``statetree._plan._accepted``), without checking again; the last write to a Ref
+    plan checked them: see ``statetree._plan._accepted``), without checking again:
+    ``types`` (:func:`array_types`) are those of the Refs' buffers, and each value is a
+    concrete array of its buffer's type, or a NumPy array of its shape and dtype
+    (:func:`host_fits`: what a checkpoint restore writes). The last write to a Ref
     wins."""
-    if not _write_fast(buffers(refs), values, types):
-        write_refs(refs, values)
+    refs_buffers = buffers(refs)
+    if values and type(values[0]) is np.ndarray:
+        if top_level() and _write_host(refs_buffers, values, types):
+            return
+    elif _write_fast(refs_buffers, values, types):
+        return
+    write_refs(refs, values)
 
 
 def write_refs(refs: Sequence[Any], values: Sequence[Any]) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
+import numpy as np
 
 from . import _bulk, _storage, _writes
 from ._errors import (
@@ -137,23 +138,25 @@ def _exact(raw: Any, new: Any) -> Any:
 
 
 _raw_of = operator.attrgetter("_raw")
-# Writes the fast path accepted: the Refs, the values, the values' types (_bulk.Types).
+# Writes the fast path accepted: the Refs, the values, the types of the Refs' buffers.
 _Checked = tuple[list[Any], list[Any], _bulk.Types]
 _CONCRETE_REF = {jax.Ref}  # the types of a list of concrete Refs (not tracers or views)
 _CONCRETE_ARRAY = {_bulk.ARRAY}  # ... of concrete jax.Arrays (not tracers or keys)
+_HOST_ARRAY = {np.ndarray}  # ... of NumPy arrays (not subclasses: masked arrays)
 
 
 def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
-    """The writes ``(raws, values, their types)`` of ``target[...] = new`` for each
-    pair, when every pair takes the fast path: each target a mutable Variable (kinds subclass
-    :class:`Box`) around a concrete ``jax.Ref``; each new value a concrete, readable
-    ``jax.Array`` (or a Variable of the target's very kind around one) whose type and
-    sharding equal those of the Ref's buffer. Then each check :func:`prepare` makes
-    holds (storage, readable, kind, dtype and shape, under either rule; NumPy's
-    casting has nothing to cast), and ``stop_gradient`` of a concrete array outside a
-    transform is the array. None when any pair does not qualify (each then goes
-    through :func:`prepare`); nothing is checked twice in the common case, and the
-    other cases keep every check and message."""
+    """The writes ``(Refs, values, the types of the Refs' buffers)`` of
+    ``target[...] = new`` for each pair, when every pair takes the fast path: each
+    target a mutable Variable (kinds subclass :class:`Box`) around a concrete
+    ``jax.Ref``; each new value either a concrete, readable ``jax.Array`` (or a Variable
+    of the target's very kind around one) whose type (weak typing included) and
+    sharding equal those of the Ref's buffer, or a NumPy array of the buffer's shape
+    and dtype (:func:`statetree._bulk.host_fits`). Then each check :func:`prepare`
+    makes holds (storage, readable, kind, dtype and shape, under either rule; NumPy's
+    casting has nothing to cast), and ``stop_gradient`` outside a transform changes no
+    value. None when any pair does not qualify (each then goes through
+    :func:`prepare`, with its checks and messages); nothing is checked twice."""
     if len(targets) < _bulk.MIN_GROUP or not _bulk.top_level():
         return None  # a few values: one by one costs less than the passes below
     kinds = list(map(type, targets))
@@ -162,8 +165,15 @@ def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
     raws = list(map(_raw_of, targets))
     if set(map(type, raws)) != _CONCRETE_REF:
         return None
+    buffers = _bulk.buffers(raws)
+    if set(map(type, buffers)) != _CONCRETE_ARRAY:
+        return None
+    types = _bulk.array_types(buffers)
     values = list(news)
-    if set(map(type, values)) != _CONCRETE_ARRAY:
+    value_types = set(map(type, values))
+    if value_types == _HOST_ARRAY:  # NumPy arrays (a checkpoint restore's values)
+        return (raws, values, types) if _bulk.host_fits(values, types) else None
+    if value_types != _CONCRETE_ARRAY:
         if list(map(type, values)) != kinds:  # Variables of the targets' kinds
             return None
         values = list(map(_raw_of, values))
@@ -171,11 +181,7 @@ def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
             return None
     if any(map(_bulk.ARRAY.is_deleted, values)):
         return None
-    buffers = _bulk.buffers(raws)
-    if set(map(type, buffers)) != _CONCRETE_ARRAY:
-        return None
-    types = _bulk.array_types(values)
-    if not _bulk.same_types(types, _bulk.array_types(buffers)):
+    if not _bulk.same_types(_bulk.array_types(values), types):
         return None
     return raws, values, types
 
