@@ -445,3 +445,168 @@ def test_every_writer_goes_through_the_plan(monkeypatch: pytest.MonkeyPatch, tmp
     )
     bound = dicts.bind(apply, collections)
     assert seen(lambda: bound(1.0)) == ["exact"]
+
+
+# ------------------------------------------------- the plan's fast path (issue 15)
+# st.update of many values checks the common case (concrete arrays of each Ref's exact
+# type and sharding, or NumPy arrays of its shape and dtype) in C-level passes instead
+# of one `prepare` per value; every other value takes `prepare`, with its messages.
+N_FAST = 20  # at least statetree._bulk.MIN_GROUP: the fast path's threshold
+
+
+def _tree_of(n: int = N_FAST, kind: type = st.Param) -> dict[str, st.Variable]:
+    return {f"v{i:02d}": kind(jnp.full(3, i, jnp.float32), mutable=True) for i in range(n)}
+
+
+def _prepares(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one per call of `_plan.prepare` (the per-value path)."""
+    calls: list[int] = []
+    prepare = _plan.prepare
+
+    def counting(target, new, idx, exact):
+        calls.append(1)
+        return prepare(target, new, idx, exact)
+
+    monkeypatch.setattr(_plan, "prepare", counting)
+    return calls
+
+
+@pytest.mark.parametrize("kind", [st.Param, st.BatchStat], ids=["Param", "BatchStat"])
+@pytest.mark.parametrize("form", ["arrays", "variables", "numpy"])
+def test_update_of_many_values_takes_the_fast_path(
+    kind: type, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = _tree_of(kind=kind)
+    new = {k: jnp.full(3, 100 + i, jnp.float32) for i, k in enumerate(tree)}
+    values: dict[str, object] = dict(new)
+    if form == "variables":
+        values = {k: kind(v) for k, v in new.items()}
+    elif form == "numpy":
+        values = {k: np.array(v) for k, v in new.items()}
+    calls = _prepares(monkeypatch)
+    st.update(tree, st.State({(k,): v for k, v in values.items()}))
+    assert calls == []  # no value went through prepare
+    for k, v in new.items():
+        np.testing.assert_array_equal(tree[k][...], v)
+
+    # The Refs own fresh buffers: an in-place step donates them, the caller's arrays
+    # (and NumPy memory) stay intact.
+    @jax.jit
+    def zero(tree: dict[str, st.Variable]) -> None:
+        for v in tree.values():
+            v[...] = v[...] * 0
+
+    zero(tree)
+    first = values["v00"]
+    raw = first._raw if isinstance(first, st.Variable) else first
+    assert not isinstance(raw, jax.Array) or not raw.is_deleted()
+    np.testing.assert_array_equal(np.asarray(new["v00"]), [100.0] * 3)
+    if form == "numpy":
+        assert isinstance(first, np.ndarray)
+        first[...] = -1.0  # the Ref does not alias it
+        assert tree["v00"][...].tolist() == [0.0] * 3
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param(jnp.full(3, 7, jnp.int32), id="wrong-dtype"),
+        pytest.param(jnp.full((1, 3), 7, jnp.float32), id="wrong-shape"),
+        pytest.param(np.full(3, 7, np.int32), id="numpy-wrong-dtype"),
+    ],
+)
+def test_one_value_off_the_fast_path_goes_through_prepare(odd, monkeypatch) -> None:
+    tree = _tree_of()
+    values = {(k,): jnp.full(3, 50, jnp.float32) for k in tree}
+    values[("v07",)] = odd
+    calls = _prepares(monkeypatch)
+    with pytest.raises(st.StructureError, match=r"(?s)1 path\(s\).*\['v07'\]: expected float32"):
+        st.update(tree, st.State(values))
+    assert len(calls) == N_FAST  # every value was checked one by one
+    assert [float(v[0]) for v in tree.values()] == [float(i) for i in range(N_FAST)]
+
+
+def test_weakly_typed_values_take_the_per_value_path(monkeypatch) -> None:
+    tree = _tree_of()
+    values = {(k,): jnp.full(3, 2, jnp.float32) for k in tree}
+    calls = _prepares(monkeypatch)
+    st.update(tree, st.State(values))
+    assert calls == []  # strong float32 everywhere: the fast path
+    weak = jnp.full(3, 9.0)  # from a Python float: weakly typed float32[3]
+    assert weak.weak_type
+    st.update(tree, st.State({**values, ("v05",): weak}))
+    assert len(calls) == N_FAST  # one weak value: all checked one by one
+    assert tree["v05"][...].tolist() == [9.0] * 3
+    assert not tree["v05"][...].weak_type  # the Ref keeps its own (strong) type
+
+
+def test_values_with_another_sharding_take_the_per_value_path(monkeypatch) -> None:
+    tree = _tree_of()
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+    named = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    values = {(k,): jnp.full(3, 4, jnp.float32) for k in tree}
+    values[("v02",)] = jax.device_put(jnp.full(3, 8, jnp.float32), named)
+    calls = _prepares(monkeypatch)
+    st.update(tree, st.State(values))
+    assert len(calls) == N_FAST
+    assert tree["v02"][...].tolist() == [8.0] * 3 and tree["v01"][...].tolist() == [4.0] * 3
+
+
+def test_a_deleted_value_refuses_the_whole_update() -> None:
+    tree = _tree_of()
+    values = {(k,): jnp.full(3, 4, jnp.float32) + 0 for k in tree}
+    values[("v11",)].delete()
+    with pytest.raises(st.UnreadableValueError, match=r"(?s)\['v11'\]: .*was deleted"):
+        st.update(tree, st.State(values))
+    assert [float(v[0]) for v in tree.values()] == [float(i) for i in range(N_FAST)]
+
+
+def test_numpy_values_off_the_fast_path_keep_their_checks(monkeypatch) -> None:
+    tree = _tree_of()
+    values = {(k,): np.full(3, 1.0, np.float32) for k in tree}
+    values[("v09",)] = np.full(3, 1.0, np.float64)  # another dtype
+    calls = _prepares(monkeypatch)
+    with pytest.raises(st.StructureError, match=r"\['v09'\]: expected float32\[3\], got float64"):
+        st.update(tree, st.State(values))
+    assert len(calls) == N_FAST and tree["v00"][...].tolist() == [0.0] * 3
+    values[("v09",)] = np.full(3, 1.0, np.float32)
+    st.update(tree, st.State(values), exact=False)  # NumPy's rules: the same result
+    assert [v[...].tolist() for v in tree.values()] == [[1.0] * 3] * N_FAST
+
+
+def test_tracers_inside_jit_are_written_ref_by_ref() -> None:
+    tree = _tree_of()
+
+    @jax.jit
+    def step(tree, x):
+        st.update(tree, st.State({(k,): x + i for i, k in enumerate(tree)}))
+
+    step(tree, jnp.full(3, 10.0))
+    assert [float(v[0]) for v in tree.values()] == [10.0 + i for i in range(N_FAST)]
+
+
+def test_the_plan_keeps_the_order_of_accepted_and_other_writes() -> None:
+    tree = _tree_of()
+    targets = list(tree.values())
+    plan = _plan.WritePlan("test")
+    plan.add_all(targets, [jnp.full(3, 1, jnp.float32)] * N_FAST, list(range(N_FAST)))
+    plan.add(targets[3], 2.0)  # later: wins
+    plan.commit()
+    assert targets[3][...].tolist() == [2.0] * 3 and targets[4][...].tolist() == [1.0] * 3
+    plan = _plan.WritePlan("test")
+    plan.add(targets[3], 5.0)
+    plan.add_all(targets, [jnp.full(3, 6, jnp.float32)] * N_FAST, list(range(N_FAST)))
+    plan.commit()
+    assert targets[3][...].tolist() == [6.0] * 3
+
+
+def test_a_closed_over_tree_is_read_when_the_jitted_function_runs() -> None:
+    # freeze/unbox of many Refs inside jax.jit: each Ref is read when the compiled
+    # function runs (a copy taken while tracing was a stale constant).
+    tree = _tree_of()
+    frozen = jax.jit(lambda: st.freeze(tree)["v01"][...])
+    unboxed = jax.jit(lambda: st.unbox(tree)["v02"])
+    frozen(), unboxed()
+    tree["v01"][...] = 11.0
+    tree["v02"][...] = 12.0
+    assert frozen().tolist() == [11.0] * 3 and unboxed().tolist() == [12.0] * 3
