@@ -16,6 +16,7 @@ into the tree with ``st.update`` (``finish``). Any failure raises before the fir
 write.
 """
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -283,8 +284,14 @@ def fit(index: dict[str, Any], tree: Any, where: Any) -> dict[str, Any]:
         raise StructureError(message)
     targets: dict[str, Any] = {}
     sizes: dict[str, int] = defaultdict(int)
+    dtypes: dict[str, Any] = {}
     for i, entry in enumerate(index["values"]):
         value = values[tuple(entry["path"])]
+        if "buffer" in entry and "key_impl" not in entry:  # most values: no struct needed
+            name = entry["buffer"]
+            sizes[name] = max(sizes[name], entry["offset"] + math.prod(value.shape))
+            dtypes[name] = value.dtype
+            continue
         current = jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=value.sharding)
         if "key_impl" in entry:
             data = jax.eval_shape(jax.random.key_data, current)
@@ -292,17 +299,19 @@ def fit(index: dict[str, Any], tree: Any, where: Any) -> dict[str, Any]:
         if "buffer" in entry:
             name = entry["buffer"]
             sizes[name] = max(sizes[name], entry["offset"] + current.size)
-            targets[name] = np.zeros(sizes[name], np.dtype(current.dtype))
+            dtypes[name] = current.dtype
         elif current.size:
             targets[str(i)] = jax.ShapeDtypeStruct(
                 current.shape, current.dtype, sharding=current.sharding
             )
+    for name, size in sizes.items():  # each shared buffer once, at its full size
+        targets[name] = np.zeros(size, np.dtype(dtypes[name]))
     return targets
 
 
 def _stored_size(entry: dict[str, Any]) -> int:
     """How many elements orbax holds for ``entry`` (typed keys: their key data)."""
-    return int(np.prod(entry.get("data_shape", entry["shape"])))
+    return math.prod(entry.get("data_shape", entry["shape"]))
 
 
 def finish(index: dict[str, Any], arrays: dict[str, Any], tree: Any, where: Any) -> None:
