@@ -113,7 +113,7 @@ def _reuse(
     if (
         pattern is not None
         and pattern.leaf_types == types  # so identity-hashed Variables, as when recorded
-        and len(set(leaves)) == pattern.num_values
+        and len(set(map(id, leaves))) == pattern.num_values  # ids: C-level hashes
         and all(leaves[r] is leaves[f] for r, f in pattern.repeats)
     ):
         # The recorded repeats still hold and nothing else repeats: same pattern.
