@@ -54,7 +54,11 @@ class _StateKeys:
         path (any path of a shared value finds it)."""
         if self.graphdef is not None and self.graphdef == graphdef:
             return self.indices  # type: ignore[return-value]
-        return [graphdef.find(p) for p in self.paths()]
+        paths = self.paths()
+        found = list(map(graphdef.path_index().get, paths))  # one dict, C-level lookups
+        if None not in found:
+            return found
+        return [graphdef.find(p) if i is None else i for i, p in zip(found, paths, strict=True)]
 
     def paths(self) -> tuple[Path, ...]:
         if self._paths is None:
