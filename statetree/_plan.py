@@ -272,15 +272,8 @@ class WritePlan:
             raise self.error()
         if self._writes:
             _storage.write_all(self._writes)
-        elif self._checked:  # only writes the fast path accepted: not checked again
-            if len(self._checked) == 1:
-                raws, values, types = self._checked[0]
-            else:
-                raws = [r for batch in self._checked for r in batch[0]]
-                values = [v for batch in self._checked for v in batch[1]]
-                avals = [a for batch in self._checked for a in batch[2][0]]
-                types = (avals, [s for batch in self._checked for s in batch[2][1]])
-            _storage.write_checked(raws, values, types)
+        for raws, values, types in self._checked:  # only writes the fast path
+            _storage.write_checked(raws, values, types)  # accepted: not checked again
         self._writes, self._checked = [], []
 
     def error(self) -> StateTreeError:

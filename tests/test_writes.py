@@ -610,3 +610,14 @@ def test_a_closed_over_tree_is_read_when_the_jitted_function_runs() -> None:
     tree["v01"][...] = 11.0
     tree["v02"][...] = 12.0
     assert frozen().tolist() == [11.0] * 3 and unboxed().tolist() == [12.0] * 3
+
+
+def test_numpy_values_of_any_layout_and_dtype_take_the_fast_path(monkeypatch) -> None:
+    # What a restore hands over: strided slices of a larger buffer, bfloat16 among them.
+    tree = {f"v{i:02d}": st.Param(jnp.zeros(3, jnp.bfloat16), mutable=True) for i in range(N_FAST)}
+    columns = np.arange(3 * N_FAST, dtype=np.float32).reshape(3, N_FAST).astype(jnp.bfloat16)
+    calls = _prepares(monkeypatch)
+    st.update(tree, st.State({(k,): columns[:, i] for i, k in enumerate(tree)}))
+    assert calls == []
+    assert tree["v01"][...].tolist() == [1.0, 21.0, 41.0]
+    assert tree["v01"][...].dtype == jnp.bfloat16
