@@ -33,6 +33,7 @@ and written when the compiled function runs, so there each Ref goes through JAX'
 :data:`MIN_GROUP` go one by one too: a few Refs are not worth a compile.
 """
 
+import importlib
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -61,14 +62,23 @@ __all__ = [
 CHUNK = 256
 MIN_GROUP = 16
 
-try:  # the type of a concrete jax.Array: `type(x) is ARRAY` is one C comparison,
-    # where `isinstance(x, jax.Array)` goes through JAX's metaclass
-    from jax._src.array import ArrayImpl as ARRAY
-except ImportError:  # pragma: no cover - moved in another JAX: the general path only
 
-    class ARRAY:  # type: ignore[no-redef]  # no object has this type
-        def is_deleted(self) -> bool:
-            return True
+class _NoArray:  # no object has this type: where JAX moved ArrayImpl, the general path
+    def is_deleted(self) -> bool:
+        return True
+
+
+def _array_type() -> Any:
+    """The type of a concrete ``jax.Array``: ``type(x) is ARRAY`` is one C comparison,
+    where ``isinstance(x, jax.Array)`` goes through JAX's metaclass."""
+    try:
+        from jax._src.array import ArrayImpl
+    except ImportError:  # pragma: no cover - moved in another JAX
+        return _NoArray
+    return ArrayImpl
+
+
+ARRAY: Any = _array_type()
 
 
 try:  # whether no transform is tracing now
@@ -328,9 +338,7 @@ _dtype_of = operator.attrgetter("dtype")
 
 try:  # JAX's own one-array transfer (what `jax.device_put` ends in), without its
     # per-array Python work (tens of microseconds)
-    from jax._src.lib import xla_client as _xc
-
-    _device_put_one = _xc.batched_device_put
+    _device_put_one: Any = importlib.import_module("jax._src.lib.xla_client").batched_device_put
 except (ImportError, AttributeError):  # pragma: no cover - moved: the general path
     _device_put_one = None
 

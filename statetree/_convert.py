@@ -106,8 +106,8 @@ def _to_frozen(value: Any, array: Any) -> Any:
 
 
 # A Variable's two slots, set directly (what Variable._from_raw does, in C-level maps).
-_SET_RAW = Variable._raw.__set__  # type: ignore[attr-defined]
-_SET_METADATA = Variable._metadata.__set__  # type: ignore[attr-defined]
+_SET_RAW = Variable._raw.__set__
+_SET_METADATA = Variable._metadata.__set__  # type: ignore[attr-defined]  # a slot
 _metadata_of = operator.attrgetter("_metadata")
 
 
