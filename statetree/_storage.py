@@ -136,9 +136,10 @@ def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
 
 def write_checked(refs: list[Any], values: list[Any], types: Any) -> None:
     """Whole-value writes ``refs[i][...] = values[i]`` into concrete ``jax.Ref``s that
-    the write plan's fast path accepted (each value a concrete array of its Ref's type
-    and sharding, ``types`` saying which: ``statetree._bulk.array_types``): copied in
-    one call per chunk, with no check made again."""
+    the write plan's fast path accepted, with no check made again: each value a
+    concrete array of its Ref's type and sharding (copied in one call per chunk), or a
+    NumPy array of its shape and dtype (one transfer each); ``types`` are the Refs'
+    (``statetree._bulk.array_types`` of their buffers)."""
     _bulk.write_checked(refs, values, types)
 
 
