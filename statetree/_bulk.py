@@ -35,6 +35,7 @@ and written when the compiled function runs, so there each Ref goes through JAX'
 
 import importlib
 import operator
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -311,8 +312,7 @@ def _write_fast(buffers: list[Any], values: Sequence[Any], types: Types | None =
     copies = copy_arrays(values, types)
     if copies is None:
         return False
-    for buf, copy in zip(buffers, copies, strict=True):
-        buf._replace_with(copy)
+    deque(map(ARRAY._replace_with, buffers, copies), maxlen=0)  # in order: last one wins
     return True
 
 
@@ -358,14 +358,15 @@ def _write_host(buffers: list[Any], values: Sequence[Any], types: Types) -> bool
     return True
 
 
-def write_checked(refs: Sequence[Any], values: Sequence[Any], types: Types) -> None:
+def write_checked(
+    refs: Sequence[Any], values: Sequence[Any], types: Types, refs_buffers: list[Any]
+) -> None:
     """:func:`write_refs` for pairs already known to take its common case (the write
     plan checked them: see ``statetree._plan._accepted``), without checking again:
     ``types`` (:func:`array_types`) are those of the Refs' buffers, and each value is a
     concrete array of its buffer's type, or a NumPy array of its shape and dtype
-    (:func:`host_fits`: what a checkpoint restore writes). The last write to a Ref
-    wins."""
-    refs_buffers = buffers(refs)
+    (:func:`host_fits`: what a checkpoint restore writes); ``refs_buffers`` are the
+    buffers (:func:`buffers`). The last write to a Ref wins."""
     if values and type(values[0]) is np.ndarray:
         if top_level() and _write_host(refs_buffers, values, types):
             return

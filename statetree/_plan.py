@@ -138,15 +138,16 @@ def _exact(raw: Any, new: Any) -> Any:
 
 
 _raw_of = operator.attrgetter("_raw")
-# Writes the fast path accepted: the Refs, the values, the types of the Refs' buffers.
-_Checked = tuple[list[Any], list[Any], _bulk.Types]
+# Writes the fast path accepted: the Refs, the values, the types of the Refs' buffers,
+# the buffers.
+_Checked = tuple[list[Any], list[Any], _bulk.Types, list[Any]]
 _CONCRETE_REF = {jax.Ref}  # the types of a list of concrete Refs (not tracers or views)
 _CONCRETE_ARRAY = {_bulk.ARRAY}  # ... of concrete jax.Arrays (not tracers or keys)
 _HOST_ARRAY = {np.ndarray}  # ... of NumPy arrays (not subclasses: masked arrays)
 
 
 def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
-    """The writes ``(Refs, values, the types of the Refs' buffers)`` of
+    """The writes ``(Refs, values, the types of the Refs' buffers, the buffers)`` of
     ``target[...] = new`` for each pair, when every pair takes the fast path: each
     target a mutable Variable (kinds subclass :class:`Box`) around a concrete
     ``jax.Ref``; each new value either a concrete, readable ``jax.Array`` (or a Variable
@@ -172,7 +173,7 @@ def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
     values = list(news)
     value_types = set(map(type, values))
     if value_types == _HOST_ARRAY:  # NumPy arrays (a checkpoint restore's values)
-        return (raws, values, types) if _bulk.host_fits(values, types) else None
+        return (raws, values, types, buffers) if _bulk.host_fits(values, types) else None
     if value_types != _CONCRETE_ARRAY:
         if list(map(type, values)) != kinds:  # Variables of the targets' kinds
             return None
@@ -183,7 +184,7 @@ def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
         return None
     if not _bulk.same_types(_bulk.array_types(values), types):
         return None
-    return raws, values, types
+    return raws, values, types, buffers
 
 
 def write_one(target: Any, idx: Any, new: Any) -> None:
@@ -232,7 +233,7 @@ class WritePlan:
         ``path`` for the message) and refuses the whole plan at :meth:`commit`."""
         if self._checked:  # keep the order: the accepted writes come first
             self._writes = [
-                w for raws, values, _ in self._checked for w in zip(raws, values, strict=True)
+                w for raws, values, *_ in self._checked for w in zip(raws, values, strict=True)
             ]
             self._checked = []
         try:
@@ -272,8 +273,8 @@ class WritePlan:
             raise self.error()
         if self._writes:
             _storage.write_all(self._writes)
-        for raws, values, types in self._checked:  # only writes the fast path
-            _storage.write_checked(raws, values, types)  # accepted: not checked again
+        for raws, values, types, buffers in self._checked:  # accepted by the fast
+            _storage.write_checked(raws, values, types, buffers)  # path: not checked again
         self._writes, self._checked = [], []
 
     def error(self) -> StateTreeError:

@@ -134,13 +134,13 @@ def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
         many(pairs)
 
 
-def write_checked(refs: list[Any], values: list[Any], types: Any) -> None:
+def write_checked(refs: list[Any], values: list[Any], types: Any, buffers: list[Any]) -> None:
     """Whole-value writes ``refs[i][...] = values[i]`` into concrete ``jax.Ref``s that
     the write plan's fast path accepted, with no check made again: each value a
     concrete array of its Ref's type and sharding (copied in one call per chunk), or a
-    NumPy array of its shape and dtype (one transfer each); ``types`` are the Refs'
-    (``statetree._bulk.array_types`` of their buffers)."""
-    _bulk.write_checked(refs, values, types)
+    NumPy array of its shape and dtype (one transfer each); ``buffers`` are the arrays
+    the Refs keep and ``types`` theirs (``statetree._bulk.buffers``, ``array_types``)."""
+    _bulk.write_checked(refs, values, types, buffers)
 
 
 def write_at(raw: Any, idx: Any, value: Any) -> None:
