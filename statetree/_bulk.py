@@ -130,6 +130,9 @@ def _copy_arrays(arrays: list[Any]) -> list[Any]:
     return [jnp.copy(a) for a in arrays]
 
 
+_copy_one = jax.jit(jnp.copy)  # an array alone: jnp.copy's own Python path costs more
+
+
 @jax.jit
 def _read_refs(refs: list[Any]) -> list[Any]:
     return [r[...] for r in refs]
@@ -231,7 +234,7 @@ def copy_arrays(arrays: Sequence[Any], types: Types | None = None) -> list[Any] 
         for i, copy in zip(chunk, copies, strict=True):
             out[i] = copy
     for i in alone:
-        out[i] = jnp.copy(arrays[i])
+        out[i] = _copy_one(arrays[i])
     return out
 
 
