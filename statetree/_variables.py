@@ -237,8 +237,39 @@ def _what(value: Any) -> str:
     return "None" if value is None else f"a {type(value).__name__}"
 
 
+# NumPy dtype kinds JAX has no array type for: objects, bytes, strings, and void (record
+# dtypes, and JAX's own float0: the data-free type of gradients of integer inputs).
+_UNHOLDABLE_KINDS = {"O": "Python objects", "S": "bytes", "U": "strings", "V": "no numbers"}
+
+
+def unholdable(value: Any) -> str | None:
+    """Why no ``jax.Array`` (so no Variable) can hold the NumPy value ``value``; None
+    when one can (or when ``value`` is not a NumPy array or scalar)."""
+    if not isinstance(value, (np.ndarray, np.generic)):
+        return None
+    kind = _UNHOLDABLE_KINDS.get(value.dtype.kind)
+    if kind is None:
+        return None
+    if value.dtype == jax.dtypes.float0:
+        return (
+            "a NumPy array of dtype float0 (the data-free type JAX gives the gradients "
+            "of integer and boolean inputs)"
+        )
+    return f"a NumPy array of dtype {value.dtype} ({kind})"
+
+
+_UNHOLDABLE_FIX = (
+    "JAX arrays, and so jax.Refs and Variables, hold numbers, booleans and PRNG keys "
+    "only. Convert the value (np.asarray(x, np.float32)), keep it out of the tree as a "
+    "static field, or drop float0 gradient leaves before storing them."
+)
+
+
 def _check_initial(name: str, value: Any) -> None:
     """Refuse what is no single array: a Variable holds exactly one."""
+    reason = unholdable(value)
+    if reason is not None:
+        raise VariableWriteError(f"{name}(value): value is {reason}. {_UNHOLDABLE_FIX}")
     if isinstance(value, (str, bytes, Mapping)) or value is None:
         raise VariableWriteError(
             f"{name}(value): value is {_what(value)}, not an array. A Variable "

@@ -192,3 +192,30 @@ def test_many_refs_cut_into_power_of_two_chunks() -> None:
 
     sizes = [len(c) for c in _bulk._chunks(list(range(2 * _bulk.CHUNK + 13)))]
     assert sizes == [_bulk.CHUNK, _bulk.CHUNK, 8, 4, 1]
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (np.array(["a", None], dtype=object), r"dtype object \(Python objects\)"),
+        (np.array(["ab", "c"]), r"dtype <U2 \(strings\)"),
+        (np.zeros(2, dtype=[("x", np.float32)]), r"\(no numbers\)"),
+        (np.zeros(3, dtype=jax.dtypes.float0), r"dtype float0 \(the data-free type"),
+    ],
+)
+def test_values_no_ref_can_hold_are_refused_by_path(value: np.ndarray, said: str) -> None:
+    tree = {"ok": jnp.ones(2), "deep": {"bad": value}, "var": st.Param(jnp.zeros(1))}
+    before = np.asarray(tree["ok"]).copy()
+    with pytest.raises(st.VariableWriteError, match=r"mutable: 1 value\(s\) cannot become") as e:
+        st.mutable(tree)
+    assert "['deep']['bad']: " in str(e.value) and "Convert the value" in str(e.value)
+    assert e.match(said)
+    with pytest.raises(st.VariableWriteError, match="cannot become jax.Refs"):
+        st.mutable(tree, packed=True)
+    # nothing converted, and the other values untouched
+    assert isinstance(tree["ok"], jax.Array) and not tree["var"].mutable
+    np.testing.assert_array_equal(np.asarray(tree["ok"]), before)
+    with pytest.raises(st.VariableWriteError, match=r"Param\(value\): value is a NumPy array"):
+        st.Param(value)
+    # only: a filter that leaves the value out leaves it alone
+    assert st.mutable(tree, only=st.Param)["var"].mutable
