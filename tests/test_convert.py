@@ -210,7 +210,7 @@ def test_values_no_ref_can_hold_are_refused_by_path(value: np.ndarray, said: str
         st.mutable(tree)
     assert "['deep']['bad']: " in str(e.value) and "Convert the value" in str(e.value)
     assert e.match(said)
-    with pytest.raises(st.VariableWriteError, match="cannot become jax.Refs"):
+    with pytest.raises(st.VariableWriteError, match=r"cannot become jax\.Refs"):
         st.mutable(tree, packed=True)
     # nothing converted, and the other values untouched
     assert isinstance(tree["ok"], jax.Array) and not tree["var"].mutable
