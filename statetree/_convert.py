@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _graph, _packed, _plan, _storage
-from ._errors import VariableWriteError, format_path
-from ._errors import _lines as cut_lines
+from ._errors import VariableWriteError
 from ._filters import needs_path, to_predicate
 from ._graph import GraphDef
 from ._packed import Packed
@@ -46,32 +45,20 @@ def _map_values(
     if who:  # refuse deleted (donated) arrays by path before converting any
         _plan.check_readable(values, graphdef.paths, who)
     chosen = _chosen(graphdef, values, only)
-    if who:
-        _check_holdable(values, chosen, graphdef.paths, who)
+    if who:  # and values no Ref can hold (JAX's own error names no path)
+        _plan.refuse_values(
+            [v if take else None for v, take in zip(values, chosen, strict=True)],
+            unholdable,
+            graphdef.paths,
+            VariableWriteError,
+            f"{who}: {{n}} value(s) cannot become jax.Refs; nothing was converted:",
+            _UNHOLDABLE_FIX,
+        )
     if pack:
         new = _packed.pack(values, chosen)
         return _packed.assemble(_graph.unflatten(graphdef, new), graphdef, new)
     new = [fn(v) if take else v for v, take in zip(values, chosen, strict=True)]
     return _graph.unflatten(graphdef, new)
-
-
-def _check_holdable(
-    values: list[Any], chosen: list[bool], paths: Callable[[], tuple[Any, ...]], who: str
-) -> None:
-    """Refuse, naming every path, the NumPy values no ``jax.Ref`` can hold (object,
-    string, record or float0 arrays), before ``who`` converts any: JAX's own error
-    would name neither the path nor the fix."""
-    bad = []
-    for i, (value, take) in enumerate(zip(values, chosen, strict=True)):
-        reason = unholdable(value._raw if isinstance(value, Variable) else value) if take else None
-        if reason is not None:
-            bad.append(f"  {format_path(paths()[i])}: {reason}")
-    if bad:
-        raise VariableWriteError(
-            f"{who}: {len(bad)} value(s) cannot become jax.Refs; nothing was converted:\n"
-            + cut_lines(bad, 20)
-            + f"\n{_UNHOLDABLE_FIX}"
-        )
 
 
 def _map_read(

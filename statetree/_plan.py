@@ -296,14 +296,31 @@ def check_readable(values: list[Any], paths: Callable[[], tuple[Path, ...]], who
     """Refuse, naming every path, values that cannot be read (deleted or donated arrays,
     escaped tracers), before ``who`` converts or writes any of them. ``paths()`` gives
     the values' paths; it is called only when one is refused."""
+    refuse_values(
+        values,
+        _writes.unreadable,
+        paths,
+        UnreadableValueError,
+        f"{who}: {{n}} value(s) cannot be read; nothing was converted:",
+    )
+
+
+def refuse_values(
+    values: list[Any],
+    reason: Callable[[Any], str | None],
+    paths: Callable[[], tuple[Path, ...]],
+    error: type[StateTreeError],
+    head: str,
+    fix: str = "",
+) -> None:
+    """Raise ``error`` naming the path of every value (a Variable: its array or storage)
+    for which ``reason`` gives a reason: ``head`` (its ``{n}``: how many), one line per
+    path (cut after 20), then ``fix``. ``paths()`` is called only when one is refused."""
     bad = []
     for i, value in enumerate(values):
-        raw = value._raw if isinstance(value, Box) else value
-        reason = _writes.unreadable(raw)
-        if reason is not None:
-            bad.append(f"  {format_path(paths()[i])}: {reason}")
+        why = reason(value._raw if isinstance(value, Box) else value)
+        if why is not None:
+            bad.append(f"  {format_path(paths()[i])}: {why}")
     if bad:
-        raise UnreadableValueError(
-            f"{who}: {len(bad)} value(s) cannot be read; nothing was converted:\n"
-            + cut_lines(bad, 20)
-        )
+        tail = f"\n{fix}" if fix else ""
+        raise error(head.replace("{n}", str(len(bad))) + "\n" + cut_lines(bad, 20) + tail)
