@@ -49,6 +49,8 @@ __all__ = [
     "CHUNK",
     "MIN_GROUP",
     "Types",
+    "all_arrays",
+    "all_refs",
     "array_types",
     "same_types",
     "buffers",
@@ -224,7 +226,7 @@ def copy_arrays(arrays: Sequence[Any], types: Types | None = None) -> list[Any] 
     if not arrays or not top_level():
         return None
     if types is None:
-        if set(map(type, arrays)) != _JUST_ARRAYS:
+        if not all_arrays(arrays):
             return None
         types = array_types(arrays)
     batched, alone = _grouped_by(types)
@@ -239,6 +241,19 @@ def copy_arrays(arrays: Sequence[Any], types: Types | None = None) -> list[Any] 
 
 
 _JUST_ARRAYS = {ARRAY}  # the set of types of a list of concrete jax.Arrays
+_JUST_REFS = {jax.Ref}  # ... of concrete jax.Refs (tracers of Refs and views differ)
+
+
+def all_arrays(xs: Sequence[Any]) -> bool:
+    """Whether ``xs`` is non-empty and every item a concrete ``jax.Array`` (not a tracer,
+    a PRNG key array or a subclass): one C-level pass."""
+    return set(map(type, xs)) == _JUST_ARRAYS
+
+
+def all_refs(xs: Sequence[Any]) -> bool:
+    """Whether ``xs`` is non-empty and every item a concrete ``jax.Ref``: one C-level
+    pass."""
+    return set(map(type, xs)) == _JUST_REFS
 
 
 def _is_none(x: Any) -> bool:
@@ -307,7 +322,7 @@ def _write_fast(buffers: list[Any], values: Sequence[Any], types: Types | None =
     of its Ref's type and sharding (known when the caller gives their ``types``).
     False (nothing written) when that is not the case."""
     if types is None:
-        if set(map(type, buffers)) != _JUST_ARRAYS or set(map(type, values)) != _JUST_ARRAYS:
+        if not (all_arrays(buffers) and all_arrays(values)):
             return False
         types = array_types(values)
         if not same_types(types, array_types(buffers)):

@@ -10,10 +10,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, overload
 
-import jax
 import jax.numpy as jnp
 
-from . import _graph, _packed, _plan, _storage
+from . import _bulk, _graph, _packed, _plan, _storage
 from ._errors import VariableWriteError
 from ._filters import needs_path, to_predicate
 from ._graph import GraphDef
@@ -71,7 +70,7 @@ def _map_read(
     graphdef, values = _graph.flatten(tree)
     if only is Ellipsis and None not in graphdef.kinds:  # every value a Variable
         raws = list(map(_raw_of, values))
-        if set(map(type, raws)) == _CONCRETE_REF:  # all mutable, plain Refs
+        if _bulk.all_refs(raws):  # all mutable, plain Refs
             arrays = _storage.read_all(raws)
             if fn is _to_frozen_array:
                 return _graph.unflatten(graphdef, arrays)
@@ -94,7 +93,6 @@ def _map_read(
 
 
 _raw_of = operator.attrgetter("_raw")
-_CONCRETE_REF = {jax.Ref}  # the types of a list of concrete Refs (not tracers, not views)
 
 
 def _to_mutable(value: Any) -> Any:

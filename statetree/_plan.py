@@ -141,9 +141,7 @@ _raw_of = operator.attrgetter("_raw")
 # Writes the fast path accepted: the Refs, the values, the types of the Refs' buffers,
 # the buffers.
 _Checked = tuple[list[Any], list[Any], _bulk.Types, list[Any]]
-_CONCRETE_REF = {jax.Ref}  # the types of a list of concrete Refs (not tracers or views)
-_CONCRETE_ARRAY = {_bulk.ARRAY}  # ... of concrete jax.Arrays (not tracers or keys)
-_HOST_ARRAY = {np.ndarray}  # ... of NumPy arrays (not subclasses: masked arrays)
+_HOST_ARRAY = {np.ndarray}  # the types of a list of NumPy arrays (not masked arrays)
 
 
 def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
@@ -164,21 +162,20 @@ def _accepted(targets: Sequence[Any], news: Sequence[Any]) -> _Checked | None:
     if not all(issubclass(kind, Box) for kind in set(kinds)):
         return None
     raws = list(map(_raw_of, targets))
-    if set(map(type, raws)) != _CONCRETE_REF:
+    if not _bulk.all_refs(raws):
         return None
     buffers = _bulk.buffers(raws)
-    if set(map(type, buffers)) != _CONCRETE_ARRAY:
+    if not _bulk.all_arrays(buffers):
         return None
     types = _bulk.array_types(buffers)
     values = list(news)
-    value_types = set(map(type, values))
-    if value_types == _HOST_ARRAY:  # NumPy arrays (a checkpoint restore's values)
+    if set(map(type, values)) == _HOST_ARRAY:  # NumPy arrays (a checkpoint restore's values)
         return (raws, values, types, buffers) if _bulk.host_fits(values, types) else None
-    if value_types != _CONCRETE_ARRAY:
+    if not _bulk.all_arrays(values):
         if list(map(type, values)) != kinds:  # Variables of the targets' kinds
             return None
         values = list(map(_raw_of, values))
-        if set(map(type, values)) != _CONCRETE_ARRAY:
+        if not _bulk.all_arrays(values):
             return None
     if any(map(_bulk.ARRAY.is_deleted, values)):
         return None

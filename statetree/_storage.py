@@ -81,7 +81,7 @@ def read(raw: Any) -> Any:
 def read_all(raws: Sequence[Any]) -> list[Any]:
     """:func:`read` of each of ``raws``; concrete ``jax.Ref``s are read together
     (:mod:`statetree._bulk`: one dispatch per chunk instead of one per Ref)."""
-    if set(map(type, raws)) == _CONCRETE_REF:  # the common case: no other storage
+    if _bulk.all_refs(raws):  # the common case: no other storage
         return _bulk.read_refs(raws)
     out = list(raws)
     refs: list[int] = []
@@ -96,8 +96,6 @@ def read_all(raws: Sequence[Any]) -> list[Any]:
     return out
 
 
-# The set of types of a list of concrete Refs (tracers of Refs have other types).
-_CONCRETE_REF = {jax.Ref}
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
@@ -114,7 +112,7 @@ def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
     """:func:`write` for each ``(raw, value)``, in order; storages registered with a
     ``write_many`` get theirs in one call (for packed views: one write per buffer)."""
     raws = list(map(_first, writes))
-    if set(map(type, raws)) == _CONCRETE_REF and len(set(map(id, raws))) == len(raws):
+    if _bulk.all_refs(raws) and len(set(map(id, raws))) == len(raws):
         _bulk.write_refs(raws, list(map(_second, writes)))  # distinct concrete Refs
         return
     batched: dict[Callable[[list[tuple[Any, Any]]], None], list[tuple[Any, Any]]] = {}
