@@ -106,11 +106,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: -HEAVY_UNITS.get(unit(item.nodeid), 0))  # stable
 
 
+def xdist_scheduler_problem(scheduler: type) -> str:
+    """Why ``scheduler`` (xdist's LoadScopeScheduling) can no longer carry the units
+    above, or "" while it can. The override below relies on one private method of
+    xdist's: ``schedule`` groups the collected node ids by ``self._split_scope(nodeid)``.
+    Checked at every ``--dist loadgroup`` run and by tests/test_conftest.py, so an xdist
+    release that changes it stops the run with this message instead of silently
+    scheduling every test on its own (and running each docs page twice)."""
+    import inspect
+
+    split = getattr(scheduler, "_split_scope", None)
+    if split is None or list(inspect.signature(split).parameters) != ["self", "nodeid"]:
+        reason = "no longer has the method _split_scope(self, nodeid)"
+    elif "self._split_scope(" not in inspect.getsource(scheduler.schedule):
+        reason = "no longer groups tests by _split_scope in schedule()"
+    else:
+        return ""
+    return (
+        f"pytest-xdist's {scheduler.__name__} {reason}: tests/conftest.py's unit "
+        "scheduler cannot group tests with it. Read the installed xdist's "
+        "xdist/scheduler/loadscope.py, adapt UnitScheduling in tests/conftest.py, or run "
+        "with `--dist load` meanwhile (the suite passes, only slower)."
+    )
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    problem = xdist_scheduler_problem(LoadScopeScheduling)
+    if problem:
+        raise pytest.UsageError(problem)
 
     class UnitScheduling(LoadScopeScheduling):
         """xdist's scope scheduling, a scope being a unit above, in collection order."""
