@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+import optax
 import pytest
-from _equinox import KEY, variables
+from _equinox import KEY, assert_trees_close, is_variable, variables
 from statetree.adapters import equinox as eqxst
 
 import statetree as st
@@ -103,6 +104,66 @@ def test_filter_jit_treats_refs_as_static_leaves() -> None:
         bump(model)
         bump(model)
     assert len(traces) == 2  # one trace (and compilation) per set of Refs
+
+
+# ----------------------------------------------------------------------------- surgery
+def head_grads(model: eqx.nn.MLP, x: jax.Array) -> eqx.nn.MLP:
+    return eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x) ** 2))(model)
+
+
+def test_tree_at_surgery_is_refused_by_the_optimizer_naming_the_fix() -> None:
+    model = eqxst.mutable(eqx.nn.MLP(2, 3, 8, 1, key=KEY))
+    model = eqx.tree_at(lambda m: m.layers[-1], model, eqx.nn.Linear(8, 5, key=KEY))
+    assert not is_variable(model.layers[-1].weight)  # the inserted part is plain
+    optimizer = st.Optimizer(model, optax.sgd(0.1))
+    grads = head_grads(eqxst.freeze(model), jnp.ones((2, 2)))
+    before = eqxst.freeze(model)
+    with pytest.raises(st.StructureError, match=r"surgery.*Convert the model\s+again") as e:
+        optimizer.update(model, grads)
+    assert "['layers'][1]['weight']" in str(e.value)
+    assert eqx.tree_equal(eqxst.freeze(model), before)
+
+
+def test_converting_again_after_surgery_trains_like_equinox() -> None:
+    mlp = eqx.nn.MLP(2, 3, 8, 1, key=KEY)
+    head = eqx.nn.Linear(8, 5, key=jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (4, 2))
+    model = eqxst.mutable(mlp)
+    model = eqxst.mutable(eqx.tree_at(lambda m: m.layers[-1], model, head))
+    kept = model.layers[0].weight
+    assert eqxst.mutable(model).layers[0].weight is kept  # converted parts are kept
+    assert type(model.layers[-1].weight) is st.Param
+    optimizer = st.Optimizer(model, optax.sgd(0.1))
+    jax.jit(lambda m, o: o.update(m, head_grads(eqxst.freeze(m), x)))(model, optimizer)
+
+    plain = eqx.tree_at(lambda m: m.layers[-1], mlp, head)
+    updates, _ = optax.sgd(0.1).update(head_grads(plain, x), optax.sgd(0.1).init(plain))
+    assert_trees_close(eqxst.freeze(model), eqx.apply_updates(plain, updates), rtol=1e-6)
+
+
+def test_a_filter_spec_is_built_on_the_frozen_model() -> None:
+    # Equinox's frozen-layer example: train only the last layer.
+    mlp = eqx.nn.MLP(2, 3, 8, 1, key=KEY)
+    model = eqxst.mutable(mlp)
+    last = lambda t: (t.layers[-1].weight, t.layers[-1].bias)
+    spec = jtu.tree_map(lambda _: False, model)  # built on the converted model
+    with pytest.raises(ValueError, match="different types"):  # Equinox's own refusal
+        eqx.partition(eqxst.freeze(model), spec)
+    # The fix: build it on the plain model that eqx.partition will see.
+    spec = jtu.tree_map(lambda _: False, eqxst.freeze(model))
+    spec = eqx.tree_at(last, spec, replace=(True, True))
+    x = jax.random.normal(jax.random.key(2), (4, 2))
+
+    def grads_of(model: eqx.nn.MLP) -> eqx.nn.MLP:
+        diff, static = eqx.partition(model, spec)
+        loss = lambda d: jnp.sum(jax.vmap(eqx.combine(d, static))(x) ** 2)
+        return eqx.filter_grad(loss)(diff)
+
+    optimizer = st.Optimizer(model, optax.sgd(0.1), wrt=lambda path, _: path[:2] == ("layers", 1))
+    jax.jit(lambda m, o: o.update(m, grads_of(eqxst.freeze(m))))(model, optimizer)
+    updates, _ = optax.sgd(0.1).update(grads_of(mlp), optax.sgd(0.1).init(mlp))
+    assert_trees_close(eqxst.freeze(model), eqx.apply_updates(mlp, updates), rtol=1e-6)
+    np.testing.assert_array_equal(model.layers[0].weight[...], mlp.layers[0].weight)
 
 
 def test_docstring_examples() -> None:

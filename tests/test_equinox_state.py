@@ -118,3 +118,49 @@ def test_substate_and_update(cnn_and_state: tuple[CNN, eqx.nn.State]) -> None:
     alien = eqx.nn.State.tree_unflatten(("elsewhere",), (jnp.array(True),))
     with pytest.raises(st.StructureError, match="not in this state"):
         state.update(alien)
+
+
+# ----------------------------------------------------------------------------- eqx.nn.State(model)
+class GanDiscriminator(eqx.Module):
+    """The GAN notebook's way: the model keeps its StateIndex markers (``object()``s) and
+    the state comes from ``eqx.nn.State(model)``, not ``make_with_state``."""
+
+    conv: eqx.nn.Conv2d
+    norm: eqx.nn.BatchNorm
+    head: eqx.nn.Linear
+
+    def __init__(self, key: jax.Array) -> None:
+        k1, k2 = jax.random.split(key)
+        self.conv = eqx.nn.Conv2d(1, 3, 3, key=k1)
+        self.norm = eqx.nn.BatchNorm(3, "batch", mode="batch")
+        self.head = eqx.nn.Linear(3, 1, key=k2)
+
+    def __call__(self, x: jax.Array, state: eqx.nn.State) -> tuple[jax.Array, eqx.nn.State]:
+        x, state = self.norm(self.conv(x), state)
+        return self.head(x.mean(axis=(1, 2))), state
+
+
+def test_state_of_model_works_like_make_with_state() -> None:
+    plain = GanDiscriminator(KEY)
+    plain_state = eqx.nn.State(plain)
+    model, state = eqxst.mutable((plain, eqx.nn.State(plain)))
+    assert all(isinstance(p[0], int) for p in st.state(state).paths())  # positions
+    x = jax.random.normal(jax.random.key(1), (4, 1, 5, 5))
+    forward = jax.jit(lambda m, s, x: eqxst.in_place(batched(m))(x, s)[0])
+    for _ in range(2):
+        want, plain_state = batched(plain)(x, plain_state)
+        np.testing.assert_allclose(forward(model, state, x), want, rtol=1e-5, atol=1e-6)
+    assert_trees_close(eqxst.freeze(state), plain_state, rtol=1e-5, atol=1e-6)
+
+
+def test_errors_about_object_markers_name_positions_not_addresses() -> None:
+    plain = GanDiscriminator(KEY)
+    model, state = eqxst.mutable((plain, eqx.nn.State(plain)))
+    index = model.norm.batch_state_index
+    with pytest.raises(st.VariableWriteError, match=r"MutableState.set\(\d+, value\)") as e:
+        state.set(index, (jnp.zeros(3), jnp.zeros(5)))
+    assert " at 0x" not in str(e.value)
+    alien = eqx.nn.State(GanDiscriminator(KEY))
+    with pytest.raises(st.StructureError, match="not in this state") as e:
+        state.update(alien)
+    assert " at 0x" not in str(e.value)
