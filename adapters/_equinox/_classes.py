@@ -91,7 +91,8 @@ def subclass(
         if issubclass(cls, eqx.nn.Shared):
             call = _tying(call)
         namespace["__call__"] = calling(reading(call, reads) if reads else call)
-    sub = type(cls)(cls.__name__, (cls,), namespace)
+    meta: Any = type(cls)  # Equinox's metaclass builds the dataclass
+    sub = meta(cls.__name__, (cls,), namespace)
     for name in flags:
         type.__setattr__(sub, name, FlagField(name, defaults.get(name, dataclasses.MISSING)))
     _SUBCLASSES[key] = sub

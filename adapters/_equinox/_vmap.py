@@ -27,6 +27,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.tree_util as jtu
+from jax.core import Tracer
 from jax.tree_util import tree_leaves as leaves
 
 import statetree as st
@@ -69,7 +70,7 @@ def under_vmap(tree: Any) -> bool:
     """True when a leaf of ``tree`` is batched by an enclosing ``jax.vmap``."""
     # Variables and States are not looked into: their refs are never batched here.
     stop = lambda x: isinstance(x, (st.Variable, eqx.nn.State, st.Packed))
-    traced = [x for x in jtu.tree_leaves(tree, is_leaf=stop) if isinstance(x, jax.core.Tracer)]
+    traced = [x for x in jtu.tree_leaves(tree, is_leaf=stop) if isinstance(x, Tracer)]
     if not traced:
         return False
     seen: list[bool] = []
