@@ -280,6 +280,14 @@ class Optimizer:
             "graphdef, params, rest = st.split(model, wrt, ...); "
             "grads = jax.grad(loss)(st.freeze(params), ...)."
         )
+        extra = [p for p in found if p not in targets]
+        if extra and not missing:
+            fix = (
+                "The model holds no trained Variable there: a part put in after the "
+                "conversion (eqx.tree_at surgery) holds plain arrays. Convert the model "
+                "again (model = st.mutable(model), or statetree.adapters.equinox.mutable("
+                "model)) and make a new st.Optimizer for it. " + fix
+            )
         if missing and (empty or not found):
             fix = (
                 "grads hold no arrays there. eqx.filter_grad, eqx.filter_value_and_grad "
@@ -292,10 +300,7 @@ class Optimizer:
             f"wrt={filter_repr(self.wrt)} Variables.",
             [
                 ("no gradient for", missing),
-                (
-                    "gradient for a path the model does not train",
-                    [p for p in found if p not in targets],
-                ),
+                ("gradient for a path the model does not train", extra),
                 ("shapes differ", wrong),
             ],
             fix,
