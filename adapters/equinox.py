@@ -452,6 +452,8 @@ def _convert(tree: Any, kind: type[st.Variable], path: tuple[Any, ...]) -> Any:
 
     def leaf(keypath: Any, x: Any) -> Any:
         where = (*path, *(_key(k) for k in keypath))
+        if isinstance(x, st.Variable):  # a Variable the module holds already (an st.Rng)
+            return x
         if isinstance(x, eqx.nn.State):
             values, keys = x.tree_flatten()
             values = tuple(_convert(v, st.BatchStat, where) for v in values)
@@ -463,7 +465,11 @@ def _convert(tree: Any, kind: type[st.Variable], path: tuple[Any, ...]) -> Any:
             return (kind if kind is not st.Param or inexact else st.Variable)(x, mutable=False)
         return x
 
-    return jtu.tree_map_with_path(leaf, tree, is_leaf=_is_module_or_state)
+    return jtu.tree_map_with_path(leaf, tree, is_leaf=_is_module_or_variable)
+
+
+def _is_module_or_variable(x: Any) -> bool:
+    return isinstance(x, (eqx.Module, eqx.nn.State, st.Variable))
 
 
 def _key(k: Any) -> Any:
