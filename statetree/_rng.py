@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
 
@@ -38,7 +39,7 @@ _UNMAPPED_WRITE = "unbatched array reference"
 
 def _is_typed_key(x: Any) -> bool:
     dtype = getattr(x, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def _as_key(seed: Any, impl: str | None, who: str) -> jax.Array:
@@ -266,7 +267,7 @@ class Rng(Variable):
             "the current key without drawing."
         )
 
-    def __array__(  # pyright: ignore[reportIncompatibleMethodOverride]
+    def __array__(
         self, dtype: Any = None, context: Any = None, copy: bool | None = None
     ) -> NoReturn:
         raise TypeError(

@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 from _pages import run_page
-
 from statetree.adapters import equinox as eqxst
 
 PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "recipes" / "random-keys.md"

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from statetree.adapters import dicts
 
 import statetree as st
-from statetree.adapters import dicts
 
 data = jax.random.key_data
 
@@ -62,7 +62,9 @@ def test_the_key_setter_reseeds_and_refuses_other_shapes_unchanged() -> None:
 
 
 def test_bad_seeds_are_refused() -> None:
-    with pytest.raises(TypeError, match=r"got a uint32\[2\] array\. A raw uint32 key .*wrap_key_data"):
+    with pytest.raises(
+        TypeError, match=r"got a uint32\[2\] array\. A raw uint32 key .*wrap_key_data"
+    ):
         st.Rng(jax.random.PRNGKey(0))
     with pytest.raises(TypeError, match="seed must be an integer seed or a typed key"):
         st.Rng(1.5)
@@ -275,7 +277,7 @@ def test_rngs_mistakes_are_explained() -> None:
     with pytest.raises(TypeError, match=r"no stream given.*Rngs\(0\)"):
         st.Rngs()
     with pytest.raises(AttributeError):
-        rngs._private  # noqa: B018
+        rngs._private
 
 
 # ------------------------------------------------------------------ dict adapter
