@@ -276,7 +276,7 @@ def test_rngs_mistakes_are_explained() -> None:
         rngs()
     with pytest.raises(TypeError, match=r"no stream given.*Rngs\(0\)"):
         st.Rngs()
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="_private"):
         rngs._private
 
 
