@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 from statetree.adapters import dicts
 
 import statetree as st
@@ -37,6 +39,28 @@ def test_draws_are_hand_threading_eagerly_and_under_jit(impl: str) -> None:
     assert all(map(same, got, expected))
     assert same(rng.key, left)
     assert rng.impl == impl and got[0].dtype == jax.random.key(0, impl=impl).dtype
+
+
+_DRAW_JIT = jax.jit(lambda r: r())
+_DRAW_THREE = jax.jit(lambda r: jax.lax.scan(lambda c, _: (c, r()), None, length=3)[1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=hst.integers(0, 2**31 - 1), ways=hst.lists(hst.sampled_from("ejs"), max_size=6))
+def test_any_mix_of_eager_jitted_and_scanned_draws_is_hand_threading(
+    seed: int, ways: list[str]
+) -> None:
+    rng = st.Rng(seed, mutable=True)
+    got: list[jax.Array] = []
+    for way in ways:
+        if way == "e":
+            got.append(rng())
+        elif way == "j":
+            got.append(_DRAW_JIT(rng))
+        else:
+            got.extend(_DRAW_THREE(rng))
+    expected, left = by_hand(jax.random.key(seed), len(got))
+    assert all(map(same, got, expected)) and same(rng.key, left)
 
 
 def test_a_typed_key_an_integer_array_and_an_rng_seed_it() -> None:
@@ -177,6 +201,20 @@ def test_vmap_over_a_split_rng_gives_each_example_its_own_stream() -> None:
         np.testing.assert_array_equal(keys[i], data(sub))
         np.testing.assert_array_equal(batch[...][i], data(left))
     assert batch.batch_shape == (3,)
+
+
+def test_split_inside_jit_feeds_a_vmap() -> None:
+    rng = st.Rng(0, mutable=True)
+
+    @jax.jit
+    def step(rng: st.Rng, x: jax.Array) -> jax.Array:
+        return jax.vmap(lambda r, row: row + jax.random.normal(r()))(rng.split(4), x)
+
+    out = step(rng, jnp.zeros(4))
+    (seed,), left = by_hand(jax.random.key(0), 1)
+    expected = [jax.random.normal(by_hand(k, 1)[0][0]) for k in jax.random.split(seed, 4)]
+    np.testing.assert_allclose(out, np.stack(expected), rtol=1e-6)
+    assert same(rng.key, left)
 
 
 # ------------------------------------------------------------------ through statetree
