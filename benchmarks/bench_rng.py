@@ -27,6 +27,10 @@ Two cases:
   others, in the default form and packed, with the key threaded by hand (an argument and
   a result) or drawn from an Rng in the tree. Values are microseconds per step.
 
+Inside the compiled step, a draw from an Rng is the very operations of a hand split
+(tests/test_rng.py compares the compiled programs); what differs is the call: an Rng is
+one more Ref argument, the hand-threaded key an argument and a result.
+
 Timing: the harness's one timer (:func:`benchmarks._harness.time_many_us`).
 """
 

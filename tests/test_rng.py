@@ -1,7 +1,10 @@
 """st.Rng and st.Rngs (statetree/_rng.py): random keys as state, checked against
 threading keys by hand (and JAX's stateful_rng where the comparison table claims)."""
 
+import collections
+import re
 import threading
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +64,27 @@ def test_any_mix_of_eager_jitted_and_scanned_draws_is_hand_threading(
             got.extend(_DRAW_THREE(rng))
     expected, left = by_hand(jax.random.key(seed), len(got))
     assert all(map(same, got, expected)) and same(rng.key, left)
+
+
+def test_a_jitted_step_compiles_to_the_operations_of_hand_threading() -> None:
+    def threaded(acc: st.Variable, key: jax.Array) -> jax.Array:
+        for _ in range(3):
+            key, sub = jax.random.split(key)
+            acc[...] += jax.random.normal(sub, (4,))
+        return key
+
+    def drawing(acc: st.Variable, rng: st.Rng) -> None:
+        for _ in range(3):
+            acc[...] += jax.random.normal(rng(), (4,))
+
+    def operations(fn: Any, *args: object) -> collections.Counter:
+        text = jax.jit(fn).lower(*args).compile().as_text() or ""
+        return collections.Counter(re.findall(r"= \S+ (\w+)\(", text))
+
+    acc = st.Variable(jnp.zeros(4), mutable=True)
+    by_hand_ops = operations(threaded, acc, jax.random.key(0))
+    assert by_hand_ops["xor"] > 0  # the threefry rounds are there to compare
+    assert operations(drawing, acc, st.Rng(0, mutable=True)) == by_hand_ops
 
 
 def test_a_typed_key_an_integer_array_and_an_rng_seed_it() -> None:
