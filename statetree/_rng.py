@@ -283,17 +283,18 @@ class Rng(Variable):
         return f"{form} {type(self).__name__}({self.impl}{batch})"
 
     def __repr__(self) -> str:
+        if getattr(self._raw, "dtype", None) is None:  # a placeholder JAX put in a tree map
+            return super().__repr__()
         parts = [f"{type(self).__name__}({self.impl}", f"mutable={self.mutable}"]
         shape = tuple(self.shape[:-1])
         if shape:
             parts.append(f"batch_shape={shape}")
-        parts.extend(f"{k}={v!r}" for k, v in self._metadata if k != "impl")
-        raw = self._raw
-        if isinstance(raw, Tracer) or getattr(raw, "is_traced", False):
+        parts.extend(f"{k}={v!r}" for k, v in self.metadata.items() if k != "impl")
+        data = self[...]
+        if isinstance(data, Tracer):
             parts.append("traced")
         elif not shape:
-            data = np.asarray(self[...])
-            parts.append("key_data=" + np.array2string(data, separator=", "))
+            parts.append("key_data=" + np.array2string(np.asarray(data), separator=", "))
         return ", ".join(parts) + ")"
 
 

@@ -126,6 +126,8 @@ def test_repr_shows_impl_and_key_data() -> None:
     rng = st.Rng(0, mutable=True, note="x")
     assert repr(rng) == "Rng(threefry2x32, mutable=True, note='x', key_data=[0, 0])"
     assert "batch_shape=(3,)" in repr(rng.split(3))
+    placeholders = jax.tree.map(lambda _: None, {"rng": rng})  # JAX's own tree maps
+    assert repr(placeholders) == "{'rng': Rng(None)}"
 
 
 # ------------------------------------------------------------------ errors teach
