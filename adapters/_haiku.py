@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import statetree as st
 
+from ._rngs import draw_key
 from ._trees import assign, mutable, require_mutable, unpack
 
 __all__ = ["from_haiku", "bind_haiku", "BoundHaiku"]
@@ -42,7 +43,8 @@ class BoundHaiku:
 
     ``f(rng, *args, **kwargs)`` runs ``apply_fn(params, state, rng, *args, **kwargs)``
     on the current values, writes the new state into the state's Variables in place and
-    returns the output alone.
+    returns the output alone. ``rng`` may be an ``st.Rng`` (or ``st.Rngs``, its default
+    stream): ``apply_fn`` gets a fresh key drawn from it, the stream advanced in place.
 
     Attributes:
       apply_fn: the bound function.
@@ -71,6 +73,7 @@ class BoundHaiku:
         self.state = state
 
     def __call__(self, rng: Any, *args: Any, **kwargs: Any) -> Any:
+        rng = draw_key(rng)  # an st.Rng (or st.Rngs) gives a fresh key, advancing in place
         result = self.apply_fn(st.unbox(self.params), st.unbox(self.state), rng, *args, **kwargs)
         out, new_state = unpack(result, "apply_fn", "(out, new_state)")
         assign(self.state, new_state, "apply_fn's new state", ("state",))

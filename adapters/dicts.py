@@ -40,6 +40,7 @@ import statetree as st
 from ._haiku import BoundHaiku as BoundHaiku
 from ._haiku import bind_haiku as bind_haiku
 from ._haiku import from_haiku as from_haiku
+from ._rngs import draw_rngs as draw_rngs
 from ._trees import assign, check_kind, require_mutable, unpack
 from ._trees import freeze as freeze
 from ._trees import mutable as mutable
@@ -54,6 +55,7 @@ __all__ = [
     "from_haiku",
     "bind_haiku",
     "BoundHaiku",
+    "draw_rngs",
 ]
 
 COLLECTION_KINDS: Mapping[str, type] = types.MappingProxyType(
@@ -141,7 +143,9 @@ class Bound:
     Calling it, ``f(*args, **kwargs)``, runs ``apply_fn(variables, *args,
     mutable=[...], **kwargs)`` on the collections' current values, writes the updated
     collections into their Variables in place (all or nothing: structure, shapes and
-    dtypes are checked first) and returns the output alone. A registered node: pass it
+    dtypes are checked first) and returns the output alone. ``rngs=st.Rngs(...)`` (or
+    a dict of ``st.Rng``) is passed on as linen's ``rngs`` dict of fresh keys
+    (:func:`draw_rngs`), each stream advanced in place. A registered node: pass it
     to ``jax.jit`` as an argument (``apply_fn`` and ``mutable`` are static).
 
     Attributes:
@@ -191,6 +195,8 @@ class Bound:
                 f"fixed at bind time (here {list(self.mutable)}). Bind again with "
                 "dicts.bind(apply_fn, collections, mutable=[...]) to change them."
             )
+        if "rngs" in kwargs:  # linen's keys, drawn from st.Rngs / st.Rng streams
+            kwargs["rngs"] = draw_rngs(kwargs["rngs"])
         variables = {name: st.unbox(tree) for name, tree in self.collections.items()}
         result = self.apply_fn(variables, *args, mutable=list(self.mutable), **kwargs)
         out, updates = unpack(

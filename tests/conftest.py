@@ -62,6 +62,8 @@ HEAVY_UNITS = {
     "tests/test_properties.py": 8,
     "tests/test_packed.py": 8,
     "page docs/recipes/scan-over-layers.md": 8,
+    "page docs/recipes/random-keys.md": 12,
+    "tests/test_rng.py": 9,
 }
 # The tests that use the `eight_devices` fixture (checked at collection).
 EIGHT_DEVICE_TESTS = {
@@ -74,6 +76,7 @@ EIGHT_DEVICE_TESTS = {
 PAGE_MODULES = {
     "tests/test_recipes_scan.py": "docs/recipes/scan-over-layers.md",
     "tests/test_recipes_training.py": "docs/recipes/training-loop.md",
+    "tests/test_recipes_rng.py": "docs/recipes/random-keys.md",
 }
 # Modules whose tests are independent and cheap to set up: each test is its own unit.
 SPLIT_MODULES = {"tests/test_docs.py"}

@@ -24,6 +24,7 @@ TINY: dict[str, dict[str, Any]] = {
     "benchmarks.bench_scan": {"depths": (2,)},
     "benchmarks.bench_writes": {"counts": (3,)},
     "benchmarks.bench_scale": {"sizes": (40,)},
+    "benchmarks.bench_rng": {"draws": (1,)},
 }
 OURS = set(TINY)
 
