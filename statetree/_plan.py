@@ -80,7 +80,7 @@ def _stored(value: Any, differentiable: bool) -> Any:
     """What a Ref receives of ``value``: non-differentiable kinds (batch statistics,
     caches, optimizer state) are written inside losses, and JAX refuses differentiated
     values in such writes, so they store ``stop_gradient(value)``. Reads later in the
-    same trace get ``value`` itself, gradient included (:mod:`statetree._recall`)."""
+    same trace take ``value``'s gradient again (:mod:`statetree._recall`)."""
     return value if differentiable else jax.lax.stop_gradient(value)
 
 
@@ -199,14 +199,15 @@ def write_one(target: Any, idx: Any, new: Any) -> None:
             "values, not references. Write its current value instead: v[...] = ref[...]."
         )
     raw, value, differentiable = prepare(target, new, idx, exact=False)
-    if not isinstance(raw, jax.Ref) or _bulk.top_level():  # eager, or a packed view
+    if differentiable or not isinstance(raw, jax.Ref) or _bulk.top_level():
         if idx is Ellipsis:
             _storage.write(raw, _stored(value, differentiable))
         else:
             _storage.write_at(raw, idx, _stored(value, differentiable))
         return
-    # Inside a trace: the whole new value is computed from the one a read gives (the
-    # value written earlier in this trace, with its gradient), stored, and remembered.
+    # A non-differentiable kind inside a trace: the whole new value is computed from the
+    # one a read gives (with the gradient of a value written earlier in this trace),
+    # stored without its gradient, and remembered with it (statetree._recall).
     if idx is not Ellipsis:
         value = _storage.set_at(_storage.read(raw), idx, value)
     _storage.write(raw, _stored(value, differentiable))
@@ -255,7 +256,7 @@ class WritePlan:
             self._problems.append((path, e))
             return
         self._writes.append((raw, _stored(value, differentiable)))
-        if self._traced is not None and isinstance(raw, jax.Ref):
+        if self._traced is not None and not differentiable and isinstance(raw, jax.Ref):
             self._traced.append((raw, value))
 
     def add_all(self, targets: Sequence[Any], news: Sequence[Any], paths: Sequence[Any]) -> None:

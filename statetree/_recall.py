@@ -1,5 +1,5 @@
 """Reads after writes inside one trace: a Variable read after a write in the same trace
-gives the value written, with its gradient.
+has the gradient of the value written.
 
 A write into a Variable of a non-differentiable kind (``BatchStat``, ``Cache``,
 ``OptState``) stores ``jax.lax.stop_gradient`` of the value, since JAX refuses a
@@ -9,23 +9,23 @@ the value itself on, gradient included: a BatchNorm in its ``"ema"`` mode called
 one loss (a GAN's discriminator on the real and the fake batch) normalises the second
 batch with statistics that depend on the first, and Equinox differentiates through them.
 
-So every write made while a transform traces (``jit``, ``grad``, ``vmap``, a ``scan``
-body, ``checkpoint``) is remembered here, per Ref, with the trace that made it; a read
-under that same trace returns the value remembered instead of reading the Ref. The Ref is
-still written (it holds the final value when the call returns); it is only not read back.
+So every such write made while a transform traces (``jit``, ``grad``, ``vmap``, a
+``scan`` body, ``checkpoint``) is remembered here, per Ref, with the trace that made it.
+A read of that Ref under the same trace still reads the Ref, so its *value* is always the
+Ref's, and takes its *tangent* from the value remembered (:func:`_graft`, an identity
+with a custom JVP): JAX differentiates it as if the value had been handed on. The Ref
+holds the final value when the call returns, as before.
 
-What is remembered is dropped:
-
-- when a write happens under another trace (a nested transform that ran Python: it may
-  have written a Ref this trace remembers), and a read under another trace never uses it;
-- for one Ref, when JAX flattens the Variable holding it inside a trace (the Variable is
-  handed to a nested ``jit``, ``scan``, ``cond`` or ``checkpoint``, which may replay a
-  cached trace and write the Ref without running Python).
-
-A nested transform that *closes over* a Variable and replays a cached trace (the same
-jitted function called twice inside one outer trace) writes without statetree seeing it:
-pass the Variable as an argument instead (docs/concepts.md). Packed trees keep their own
-record (:mod:`statetree._views`); this one serves the default form, one Ref per Variable.
+What is remembered is dropped when a write happens under another trace, and is never
+used by a read under another trace: a read after a nested transform (the next iteration
+of a ``scan``, the code after a ``checkpoint``) gets the Ref's value without the
+gradient. For one Ref it is dropped when JAX flattens the Variable holding it inside a
+trace (the Variable is handed to a nested ``jit``, ``scan``, ``cond`` or ``checkpoint``,
+which may write the Ref from a cached trace without running Python). A nested transform
+that *closes over* the Variable and replays a cached trace writes unseen: the value read
+afterwards is still the Ref's, and only the gradient would be the earlier write's.
+Packed trees keep their own record (:mod:`statetree._views`); this one serves the default
+form, one Ref per Variable.
 """
 
 import threading
@@ -33,10 +33,11 @@ from typing import Any
 
 import jax
 import jax.extend.core
+from jax.core import Tracer
 
 from ._bulk import top_level
 
-__all__ = ["forget", "recall", "remember", "pending"]
+__all__ = ["forget", "live", "recall", "remember"]
 
 
 class _Written(threading.local):
@@ -49,26 +50,44 @@ class _Written(threading.local):
 
 _WRITTEN = _Written()
 
+# How many threads remember something: hot paths (every Variable JAX flattens, every
+# read) test this one module global before looking at their thread's record.
+live = 0
+_LOCK = threading.Lock()
 
-def pending() -> bool:
-    """Whether this thread remembers any value (a cheap test before :func:`recall`)."""
-    return bool(_WRITTEN.values)
+
+def _count(change: int) -> None:
+    global live
+    with _LOCK:
+        live += change
 
 
 def remember(raw: Any, value: Any) -> None:
-    """After ``value`` (with its gradient, before any ``stop_gradient``) was written as
-    the whole new value of the ``jax.Ref`` ``raw``: remember it when a transform traces."""
+    """After ``stop_gradient(value)`` was written as the whole new value of the
+    ``jax.Ref`` ``raw``: remember ``value`` (with its gradient) when a transform traces."""
     if not isinstance(raw, jax.Ref) or top_level():
         return
     written = _WRITTEN
+    if not isinstance(value, Tracer):  # a constant has no gradient to hand on
+        _drop(written, raw)
+        return
     trace = jax.extend.core.get_opaque_trace_state()
-    if written.trace != trace:
-        written.trace, written.values = trace, {}
+    if not written.values:
+        _count(1)
+    elif written.trace != trace:
+        written.values = {}
+    written.trace = trace
     written.values[id(raw)] = (raw, value)
 
 
+def _drop(written: _Written, raw: Any) -> None:
+    if written.values.pop(id(raw), None) is not None and not written.values:
+        _count(-1)
+
+
 def recall(raw: Any) -> Any:
-    """The value last written into ``raw`` under the current trace, or None."""
+    """The value of the Ref ``raw`` (``raw[...]``) with the gradient of the value last
+    written into it under the current trace; None when nothing is remembered."""
     written = _WRITTEN
     if not written.values:
         return None
@@ -77,7 +96,18 @@ def recall(raw: Any) -> Any:
         return None
     if written.trace != jax.extend.core.get_opaque_trace_state():
         return None
-    return hit[1]
+    return _graft(raw[...], hit[1])
+
+
+@jax.custom_jvp
+def _graft(read: Any, written: Any) -> Any:
+    """``read`` (the Ref's value), differentiated as ``written`` (the value written)."""
+    return read
+
+
+@_graft.defjvp
+def _graft_jvp(primals: tuple[Any, Any], tangents: tuple[Any, Any]) -> tuple[Any, Any]:
+    return primals[0], tangents[1]
 
 
 def forget(raw: Any) -> None:
@@ -88,5 +118,6 @@ def forget(raw: Any) -> None:
         return
     if top_level():
         written.trace, written.values = None, {}
+        _count(-1)
     else:
-        written.values.pop(id(raw), None)
+        _drop(written, raw)

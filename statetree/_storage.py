@@ -74,9 +74,10 @@ def is_traced(raw: Any) -> bool:
 
 def read(raw: Any) -> Any:
     """The current value of ``raw`` as an array (a snapshot when ``raw`` is storage). In
-    a trace that wrote ``raw``, the value written, gradient included (:mod:`._recall`)."""
+    a trace that wrote ``raw``, with the gradient of the value written
+    (:mod:`statetree._recall`)."""
     if isinstance(raw, _STORAGE_TYPES):
-        if _recall.pending():
+        if _recall.live:
             hit = _recall.recall(raw)
             if hit is not None:
                 return hit
@@ -87,7 +88,7 @@ def read(raw: Any) -> Any:
 def read_all(raws: Sequence[Any]) -> list[Any]:
     """:func:`read` of each of ``raws``; concrete ``jax.Ref``s are read together
     (:mod:`statetree._bulk`: one dispatch per chunk instead of one per Ref)."""
-    if _recall.pending():  # inside a trace that wrote: values written are read back
+    if _recall.live:  # inside a trace that wrote: reads take the writes' gradients
         return list(map(read, raws))
     if _bulk.all_refs(raws):  # the common case: no other storage
         return _bulk.read_refs(raws)

@@ -292,19 +292,19 @@ def _check_initial(name: str, value: Any) -> None:
 
 
 # A Variable flattened by JAX inside a trace may be handed to a nested transform, whose
-# writes (a cached trace replayed without Python) statetree would not see: what was
-# remembered of its Ref in this trace is dropped (statetree._recall).
-_pending, _forget = _recall.pending, _recall.forget
+# writes (a cached trace replayed without Python) statetree would not see: the gradient
+# remembered for its Ref in this trace is dropped (statetree._recall).
+_forget = _recall.forget
 
 
 def _flatten_with_keys(v: Variable) -> tuple[tuple[tuple[Any, Any]], Any]:
-    if _pending():
+    if _recall.live:
         _forget(v._raw)
     return ((jtu.GetAttrKey("value"), v._raw),), v._metadata
 
 
 def _flatten(v: Variable) -> tuple[tuple[Any], Any]:
-    if _pending():
+    if _recall.live:
         _forget(v._raw)
     return (v._raw,), v._metadata
 

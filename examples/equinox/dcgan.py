@@ -180,7 +180,7 @@ def equinox_step() -> tuple[Callable[[], Any], Callable[[], Any]]:
 
 def main(steps: int = STEPS) -> list[tuple[float, float]]:
     step, _ = statetree_step()
-    losses = [tuple(map(float, step())) for _ in range(steps)]
+    losses = [(float(d), float(g)) for d, g in (step() for _ in range(steps))]
     (d0, g0), (d1, g1) = losses[0], losses[-1]
     print(f"discriminator {d0:.4f} -> {d1:.4f}, generator {g0:.4f} -> {g1:.4f}")
     return losses
