@@ -24,8 +24,10 @@ trace (the Variable is handed to a nested ``jit``, ``scan``, ``cond`` or ``check
 which may write the Ref from a cached trace without running Python). A nested transform
 that *closes over* the Variable and replays a cached trace writes unseen: the value read
 afterwards is still the Ref's, and only the gradient would be the earlier write's.
-Packed trees keep their own record (:mod:`statetree._views`); this one serves the default
-form, one Ref per Variable.
+Under ``jax.checking_leaks`` nothing is remembered (a tracer held past its trace is what
+that check reports), so reads after writes there get the Ref's value without the
+gradient. Packed trees keep their own record (:mod:`statetree._views`); this one serves
+the default form, one Ref per Variable.
 """
 
 import threading
@@ -68,7 +70,10 @@ def remember(raw: Any, value: Any) -> None:
     if not isinstance(raw, jax.Ref) or top_level():
         return
     written = _WRITTEN
-    if not isinstance(value, Tracer):  # a constant has no gradient to hand on
+    if not isinstance(value, Tracer) or jax.config.jax_check_tracer_leaks:
+        # A constant has no gradient to hand on. Under jax.checking_leaks, a tracer kept
+        # here past its trace would be reported as leaked: nothing is remembered, and a
+        # read after a write gets the Ref's value without the gradient.
         _drop(written, raw)
         return
     trace = jax.extend.core.get_opaque_trace_state()
