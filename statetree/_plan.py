@@ -291,8 +291,8 @@ class WritePlan:
             raise self.error()
         if self._writes:
             _storage.write_all(self._writes)
-        for raw, value in self._traced or ():
-            _recall.remember(raw, value)
+        if self._traced:
+            _recall.remember_all(self._traced)
         for raws, values, types, buffers in self._checked:  # accepted by the fast
             _storage.write_checked(raws, values, types, buffers)  # path: not checked again
         self._writes, self._checked = [], []

@@ -39,7 +39,7 @@ from jax.core import Tracer
 
 from ._bulk import top_level
 
-__all__ = ["forget", "live", "recall", "remember"]
+__all__ = ["forget", "live", "recall", "remember", "remember_all"]
 
 
 class _Written(threading.local):
@@ -67,22 +67,30 @@ def _count(change: int) -> None:
 def remember(raw: Any, value: Any) -> None:
     """After ``stop_gradient(value)`` was written as the whole new value of the
     ``jax.Ref`` ``raw``: remember ``value`` (with its gradient) when a transform traces."""
-    if not isinstance(raw, jax.Ref) or top_level():
+    remember_all([(raw, value)])
+
+
+def remember_all(writes: list[tuple[Any, Any]]) -> None:
+    """:func:`remember` for each ``(raw, value)``, in order (the last write wins)."""
+    if not writes or top_level():
         return
     written = _WRITTEN
-    if not isinstance(value, Tracer) or jax.config.jax_check_tracer_leaks:
-        # A constant has no gradient to hand on. Under jax.checking_leaks, a tracer kept
-        # here past its trace would be reported as leaked: nothing is remembered, and a
-        # read after a write gets the Ref's value without the gradient.
-        _drop(written, raw)
-        return
+    # Under jax.checking_leaks a tracer kept here past its trace would be reported as
+    # leaked: nothing is remembered, and reads after writes get no gradient back.
+    keep = not jax.config.jax_check_tracer_leaks
     trace = jax.extend.core.get_opaque_trace_state()
-    if not written.values:
-        _count(1)
-    elif written.trace != trace:
-        written.values = {}
-    written.trace = trace
-    written.values[id(raw)] = (raw, value)
+    for raw, value in writes:
+        if not isinstance(raw, jax.Ref):
+            continue
+        if not keep or not isinstance(value, Tracer):  # a constant has no gradient
+            _drop(written, raw)
+            continue
+        if not written.values:
+            _count(1)
+        elif written.trace != trace:
+            written.values = {}
+        written.trace = trace
+        written.values[id(raw)] = (raw, value)
 
 
 def _drop(written: _Written, raw: Any) -> None:
