@@ -82,7 +82,9 @@ def remember_all(writes: list[tuple[Any, Any]]) -> None:
     for raw, value in writes:
         if not isinstance(raw, jax.Ref):
             continue
-        if not keep or not isinstance(value, Tracer):  # a constant has no gradient
+        if not keep or not isinstance(value, Tracer) or _explicit(value):
+            # A constant has no gradient; a value on a mesh with explicit axes has its
+            # layout in its type, which the Ref's read need not share: not remembered.
             _drop(written, raw)
             continue
         if not written.values:
@@ -91,6 +93,11 @@ def remember_all(writes: list[tuple[Any, Any]]) -> None:
             written.values = {}
         written.trace = trace
         written.values[id(raw)] = (raw, value)
+
+
+def _explicit(value: Any) -> bool:
+    mesh = getattr(jax.typeof(value).sharding, "mesh", None)
+    return jax.sharding.AxisType.Explicit in getattr(mesh, "axis_types", ())
 
 
 def _drop(written: _Written, raw: Any) -> None:
