@@ -21,7 +21,7 @@ from statetree.adapters import equinox as eqxst
 
 import statetree as st
 
-VOCAB, LENGTH, WIDTH, HEADS, BATCH, STEPS = 8, 6, 16, 2, 16, 30
+VOCAB, LENGTH, WIDTH, HEADS, LAYERS, BATCH, STEPS = 8, 6, 16, 2, 1, 16, 30
 
 
 class EncoderLayer(eqx.Module):
@@ -53,11 +53,11 @@ class Classifier(eqx.Module):
     head: eqx.nn.Linear
 
     def __init__(self, key: jax.Array) -> None:
-        k1, k2, k3, k4, k5 = jax.random.split(key, 5)
+        k1, k2, k3, k4 = jax.random.split(key, 4)
         self.tokens = eqx.nn.Embedding(VOCAB, WIDTH, key=k1)
         self.positions = eqx.nn.Embedding(LENGTH, WIDTH, key=k2)
-        self.layers = [EncoderLayer(k3), EncoderLayer(k4)]
-        self.head = eqx.nn.Linear(WIDTH, 2, key=k5)
+        self.layers = [EncoderLayer(k) for k in jax.random.split(k3, LAYERS)]
+        self.head = eqx.nn.Linear(WIDTH, 2, key=k4)
 
     def __call__(self, ids: jax.Array, key: jax.Array | None = None) -> jax.Array:
         x = jax.vmap(self.tokens)(ids) + jax.vmap(self.positions)(jnp.arange(LENGTH))
