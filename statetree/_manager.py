@@ -45,8 +45,10 @@ class CheckpointManager:
       best_metric: the name of a metric given to ``save(..., metrics={...})``; steps
         are then kept by it instead of by recency.
       best_mode: ``"max"`` or ``"min"``: which end of ``best_metric`` is best.
-      save_interval_steps: ``save`` writes only steps divisible by it (``force=True``
-        writes any step).
+      save_interval_steps: ``save`` writes steps divisible by it, and also the first
+        step it is given while the directory holds no checkpoint yet, whatever its
+        number (orbax's rule: a fresh run saves at once); ``force=True`` writes any
+        step. ``should_save(step)`` answers for a given step.
       async_save: ``save`` returns once the state is snapshotted and digested; the
         files are written in the background (``wait_until_finished`` waits).
 

@@ -118,7 +118,7 @@ class Optimizer:
         jitted step dispatches faster; use it with a packed model.
 
     The Optimizer is a pytree: pass it to ``jax.jit`` beside the model. It holds the
-    optax state (``opt_state``, a tree of ``OptState``), the number of updates applied
+    optax state (``opt_state``, a tree of ``OptState``), the number of ``update`` calls
     (``step``, an ``OptState``), and, as static data, ``tx``, ``wrt`` and the paths of
     the trained Variables. Hyperparameters injected with ``optax.inject_hyperparams``
     are read and written in place through :attr:`hyperparams`.
@@ -174,7 +174,13 @@ class Optimizer:
 
     @property
     def step(self) -> OptState:
-        """The number of updates applied, an ``OptState`` Variable."""
+        """The number of :meth:`update` calls, an ``OptState`` Variable.
+
+        Under ``optax.MultiSteps`` that counts calls, not updates applied to the model:
+        with ``every_k_schedule=4``, four calls make ``step`` 4 and change the weights
+        once. The number of updates applied is MultiSteps' own counter,
+        ``optimizer.opt_state.gradient_step`` (``mini_step`` counts the calls since the
+        last one)."""
         return self._child["step"]
 
     # ------------------------------------------------------------------ update

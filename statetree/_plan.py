@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import jax
 import numpy as np
 
-from . import _bulk, _storage, _writes
+from . import _bulk, _recall, _storage, _writes
 from ._errors import (
     FrozenVariableError,
     RefValueError,
@@ -76,9 +76,18 @@ def _describe_raw(raw: Any) -> Callable[[], str]:
     return describe
 
 
-def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any]:
-    """``(raw storage, value to store)`` for the write ``target[idx] = new``, after every
-    check; raises the statetree error that says why it cannot be written."""
+def _stored(value: Any, differentiable: bool) -> Any:
+    """What a Ref receives of ``value``: non-differentiable kinds (batch statistics,
+    caches, optimizer state) are written inside losses, and JAX refuses differentiated
+    values in such writes, so they store ``stop_gradient(value)``. Reads later in the
+    same trace take ``value``'s gradient again (:mod:`statetree._recall`)."""
+    return value if differentiable else jax.lax.stop_gradient(value)
+
+
+def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any, bool]:
+    """``(raw storage, value, whether the kind is differentiable)`` for the write
+    ``target[idx] = new``, after every check; raises the statetree error that says why
+    it cannot be written. The Ref is to receive ``_stored(value, differentiable)``."""
     if isinstance(target, Box):
         raw = target._raw
         if not _storage.is_storage(raw):
@@ -116,11 +125,7 @@ def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any]:
         value = _exact(raw, new)
     else:
         value = _writes.coerce(new, raw.dtype, tuple(raw.shape), idx, describe)
-    if not differentiable:
-        # Non-differentiable kinds (batch statistics, caches, optimizer state) are
-        # written inside losses; JAX refuses differentiated values in such writes.
-        value = jax.lax.stop_gradient(value)
-    return raw, value
+    return raw, value, differentiable
 
 
 def _exact(raw: Any, new: Any) -> Any:
@@ -193,11 +198,20 @@ def write_one(target: Any, idx: Any, new: Any) -> None:
             f"Cannot write a jax.Ref into {target._describe()}: a Variable stores "
             "values, not references. Write its current value instead: v[...] = ref[...]."
         )
-    raw, value = prepare(target, new, idx, exact=False)
-    if idx is Ellipsis:
-        _storage.write(raw, value)
-    else:
-        _storage.write_at(raw, idx, value)
+    raw, value, differentiable = prepare(target, new, idx, exact=False)
+    if differentiable or not isinstance(raw, jax.Ref) or _bulk.top_level():
+        if idx is Ellipsis:
+            _storage.write(raw, _stored(value, differentiable))
+        else:
+            _storage.write_at(raw, idx, _stored(value, differentiable))
+        return
+    # A non-differentiable kind inside a trace: the whole new value is computed from the
+    # one a read gives (with the gradient of a value written earlier in this trace),
+    # stored without its gradient, and remembered with it (statetree._recall).
+    if idx is not Ellipsis:
+        value = _storage.set_at(_storage.read(raw), idx, value)
+    _storage.write(raw, _stored(value, differentiable))
+    _recall.remember(raw, value)
 
 
 class WritePlan:
@@ -211,7 +225,7 @@ class WritePlan:
         (callers that know positions cheaply and paths only at a cost pass positions).
     """
 
-    __slots__ = ("_checked", "_problems", "_where", "_writes", "exact", "who")
+    __slots__ = ("_checked", "_problems", "_traced", "_where", "_writes", "exact", "who")
 
     def __init__(
         self, who: str, *, exact: bool = False, where: Callable[[Any], Path] | None = None
@@ -224,6 +238,9 @@ class WritePlan:
         # else they join ``_writes``, in order. At most one of the two is non-empty.
         self._checked: list[_Checked] = []
         self._problems: list[tuple[Any, StateTreeError]] = []
+        # Inside a trace: (Ref, value with its gradient) of each write, remembered at
+        # commit so later reads in the trace get them (statetree._recall).
+        self._traced: list[tuple[Any, Any]] | None = None if _bulk.top_level() else []
 
     def add(self, target: Any, new: Any, path: Any = None) -> None:
         """Plan ``target[...] = new``; a write that cannot be made is remembered (with
@@ -234,9 +251,13 @@ class WritePlan:
             ]
             self._checked = []
         try:
-            self._writes.append(prepare(target, new, Ellipsis, self.exact))
+            raw, value, differentiable = prepare(target, new, Ellipsis, self.exact)
         except StateTreeError as e:
             self._problems.append((path, e))
+            return
+        self._writes.append((raw, _stored(value, differentiable)))
+        if self._traced is not None and not differentiable and isinstance(raw, jax.Ref):
+            self._traced.append((raw, value))
 
     def add_all(self, targets: Sequence[Any], news: Sequence[Any], paths: Sequence[Any]) -> None:
         """:meth:`add` for each ``(target, new, path)``. The common case, every target a
@@ -270,9 +291,12 @@ class WritePlan:
             raise self.error()
         if self._writes:
             _storage.write_all(self._writes)
+        if self._traced:
+            _recall.remember_all(self._traced)
         for raws, values, types, buffers in self._checked:  # accepted by the fast
             _storage.write_checked(raws, values, types, buffers)  # path: not checked again
         self._writes, self._checked = [], []
+        self._traced = None if self._traced is None else []
 
     def error(self) -> StateTreeError:
         """One error naming every refused write: of the class the problems share, or a

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 from jax.core import Tracer
 
-from . import _bulk
+from . import _bulk, _recall
 
 __all__ = [
     "is_storage",
@@ -30,6 +30,7 @@ __all__ = [
     "write_all",
     "write_checked",
     "write_at",
+    "set_at",
     "new_storage",
     "register_storage",
 ]
@@ -72,8 +73,14 @@ def is_traced(raw: Any) -> bool:
 
 
 def read(raw: Any) -> Any:
-    """The current value of ``raw`` as an array (a snapshot when ``raw`` is storage)."""
+    """The current value of ``raw`` as an array (a snapshot when ``raw`` is storage). In
+    a trace that wrote ``raw``, with the gradient of the value written
+    (:mod:`statetree._recall`)."""
     if isinstance(raw, _STORAGE_TYPES):
+        if _recall.live:
+            hit = _recall.recall(raw)
+            if hit is not None:
+                return hit
         return raw[...]
     return raw
 
@@ -81,6 +88,8 @@ def read(raw: Any) -> Any:
 def read_all(raws: Sequence[Any]) -> list[Any]:
     """:func:`read` of each of ``raws``; concrete ``jax.Ref``s are read together
     (:mod:`statetree._bulk`: one dispatch per chunk instead of one per Ref)."""
+    if _recall.live:  # inside a trace that wrote: reads take the writes' gradients
+        return list(map(read, raws))
     if _bulk.all_refs(raws):  # the common case: no other storage
         return _bulk.read_refs(raws)
     out = list(raws)
@@ -149,13 +158,16 @@ def write_at(raw: Any, idx: Any, value: Any) -> None:
     result of a scatter into a sharded array lives, so the storage's own sharding is
     spelled out: the storage keeps its sharding, as it does under automatic axes.
     """
-    current = read(raw)
+    raw[...] = set_at(read(raw), idx, value)
+
+
+def set_at(current: Any, idx: Any, value: Any) -> Any:
+    """``current`` with ``current[idx]`` replaced by ``value``, keeping the sharding of
+    ``current`` under a mesh with explicit axes (see :func:`write_at`)."""
     sharding = _explicit_sharding(current)
     if sharding is None:
-        new = current.at[idx].set(value)
-    else:
-        new = current.at[idx].set(value, out_sharding=sharding)
-    raw[...] = new
+        return current.at[idx].set(value)
+    return current.at[idx].set(value, out_sharding=sharding)
 
 
 def _explicit_sharding(array: Any) -> Any:

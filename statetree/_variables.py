@@ -16,7 +16,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.core import Tracer
 
-from . import _plan, _storage, _writes
+from . import _plan, _recall, _storage, _writes
 from ._array_ops import ArrayBehaviour
 from ._config import mutable_arrays_enabled
 from ._errors import RefValueError, UnreadableValueError, VariableWriteError
@@ -291,11 +291,21 @@ def _check_initial(name: str, value: Any) -> None:
         raise UnreadableValueError(f"{name}(value): the value {reason}.")
 
 
+# A Variable flattened by JAX inside a trace may be handed to a nested transform, whose
+# writes (a cached trace replayed without Python) statetree would not see: the gradient
+# remembered for its Ref in this trace is dropped (statetree._recall).
+_forget = _recall.forget
+
+
 def _flatten_with_keys(v: Variable) -> tuple[tuple[tuple[Any, Any]], Any]:
+    if _recall.live:
+        _forget(v._raw)
     return ((jtu.GetAttrKey("value"), v._raw),), v._metadata
 
 
 def _flatten(v: Variable) -> tuple[tuple[Any], Any]:
+    if _recall.live:
+        _forget(v._raw)
     return (v._raw,), v._metadata
 
 

@@ -46,7 +46,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # balance, never a test.
 HEAVY_UNITS = {
     "tests/test_benchmarks.py": 30,
-    "tests/test_equinox_examples.py": 30,
+    "tests/test_equinox_examples.py": 45,
     "tests/test_distributed.py": 25,
     "8 devices": 20,
     "tests/test_optimizer.py": 20,
