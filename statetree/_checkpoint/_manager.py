@@ -23,7 +23,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from . import _checkpoint as _ckpt
+from . import _orbax
+from ._failures import CheckpointError, refuse_inside_jit
+from ._index import Live, encode
+from ._restore import restore_into
 
 __all__ = ["CheckpointManager"]
 
@@ -90,7 +93,7 @@ class CheckpointManager:
                 f"CheckpointManager(max_to_keep={max_to_keep}): keep at least one step, "
                 "or pass None to keep them all."
             )
-        ocp = _ckpt._orbax()
+        ocp = _orbax.orbax()
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
         self.best_metric = best_metric
@@ -153,7 +156,7 @@ class CheckpointManager:
           TypeError: called inside ``jax.jit``, or a value is traced.
           ValueError: ``best_metric`` is set and ``metrics`` lacks it.
         """
-        _ckpt.refuse_inside_jit("save")
+        refuse_inside_jit("save")
         if not force and not self.should_save(step):
             return False
         if self.best_metric is not None and self.best_metric not in (metrics or {}):
@@ -162,7 +165,7 @@ class CheckpointManager:
                 f"by {self.best_metric!r}, which metrics does not hold ({metrics!r}). Pass "
                 f"metrics={{{self.best_metric!r}: value}}."
             )
-        index, stored = _ckpt.prepare(tree)
+        index, stored = encode(Live.of(tree))
         ocp = self._ocp
         args = ocp.args.Composite(
             arrays=ocp.args.StandardSave(stored), index=ocp.args.JsonSave(index)
@@ -183,38 +186,29 @@ class CheckpointManager:
           StructureError: the tree does not fit the checkpoint (every difference named).
           TypeError: called inside ``jax.jit``.
         """
-        _ckpt.refuse_inside_jit("restore")
+        refuse_inside_jit("restore")
         self.wait_until_finished()
         steps = self.all_steps()
         if step is None:
             step = self.latest_step()
         if step is None or step not in steps:
-            raise _ckpt.CheckpointError(
+            raise CheckpointError(
                 f"CheckpointManager.restore: no step {'' if step is None else step} in "
                 f"{self.directory} (saved steps: {steps or 'none'}). Start from scratch "
                 "when latest_step() is None; otherwise restore one of the saved steps."
             )
         where = os.path.join(self.directory, str(step))
-        ocp = self._ocp
-        try:
+        ocp, manager, at = self._ocp, self._manager, step
+
+        def read_index() -> Any:
             args = ocp.args.Composite(index=ocp.args.JsonRestore())
-            index = self._manager.restore(step, args=args)["index"]
-        except Exception as e:
-            raise _ckpt.damaged(where, f"its index cannot be read ({type(e).__name__})") from e
-        _ckpt.check_index(index, where)
-        targets = _ckpt.fit(index, tree, where)
-        arrays: Any = {}
-        if targets:
-            try:
-                arrays = self._manager.restore(
-                    step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(targets))
-                )["arrays"]
-            except Exception as e:
-                reason = (str(e).strip().splitlines() or [""])[0][:300]
-                raise _ckpt.damaged(
-                    where, f"orbax cannot read its arrays ({type(e).__name__}: {reason})"
-                ) from e
-        _ckpt.finish(index, arrays, tree, where)
+            return _orbax.read("index", where, lambda: manager.restore(at, args=args)["index"])
+
+        def read_arrays(targets: dict[str, Any]) -> Any:
+            args = ocp.args.Composite(arrays=ocp.args.StandardRestore(targets))
+            return _orbax.read("arrays", where, lambda: manager.restore(at, args=args)["arrays"])
+
+        restore_into(tree, where, read_index, read_arrays)
         return step
 
     # ------------------------------------------------------------------ lifetime

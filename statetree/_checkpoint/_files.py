@@ -31,19 +31,12 @@ import shutil
 import uuid
 from typing import Any
 
-from . import _digest
-from ._ckpt_index import (
-    CheckpointError,
-    _orbax,
-    check_index,
-    damaged,
-    finish,
-    fit,
-    prepare,
-    refuse_inside_jit,
-)
+from . import _orbax, _processes
+from ._failures import CheckpointError, refuse_inside_jit
+from ._index import Live, encode
+from ._restore import restore_into
 
-__all__ = ["save", "restore", "CheckpointError"]
+__all__ = ["save", "restore", "INDEX", "ARRAYS"]
 
 INDEX = "statetree.json"
 ARRAYS = "arrays"
@@ -51,11 +44,6 @@ _TMP = ".statetree-tmp-"  # hidden sibling `.NAME.statetree-tmp-XXXX` of a save 
 _OLD = ".statetree-old-"  # the previous checkpoint while `overwrite=True` swaps it out
 
 PathLike = str | os.PathLike[str]
-
-
-def _checkpointer(ocp: Any) -> Any:
-    # Synchronous: when `save` returns, the values are on disk.
-    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
 
 
 # ---------------------------------------------------------------------------- save
@@ -96,7 +84,7 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
       >>> model["w"][...]
       Array([1., 1., 1.], dtype=float32)
     """
-    ocp = _orbax()
+    ocp = _orbax.orbax()
     refuse_inside_jit("save")
     final = pathlib.Path(path).absolute()
     if final.exists() and not overwrite:
@@ -105,25 +93,25 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
             "one directory per step), or pass overwrite=True to replace it once the new "
             "checkpoint is complete."
         )
-    index, stored = prepare(tree)
+    index, stored = encode(Live.of(tree))
     # Every process writes into the same working directory: one name, agreed on.
-    token = _digest.same_token()
+    token = _processes.same_token()
     tmp = final.parent / f".{final.name}{_TMP}{token}"
-    primary = _digest.is_primary()
+    primary = _processes.is_primary()
     if primary:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-    _digest.barrier(f"statetree-save-begin-{token}")
+    _processes.barrier(f"statetree-save-begin-{token}")
     try:
         if stored:
-            _checkpointer(ocp).save(tmp / ARRAYS, args=ocp.args.StandardSave(stored))
+            _orbax.checkpointer(ocp).save(tmp / ARRAYS, args=ocp.args.StandardSave(stored))
         if primary:
             with open(tmp / INDEX, "w") as f:
                 json.dump(index, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
             _commit(tmp, final)
-        _digest.barrier(f"statetree-save-end-{token}")
+        _processes.barrier(f"statetree-save-end-{token}")
     except BaseException:
         if primary:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -152,7 +140,7 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 
 # ---------------------------------------------------------------------------- restore
-def _read_index(final: pathlib.Path) -> dict[str, Any]:
+def _read_index(final: pathlib.Path) -> Any:
     siblings = sorted(final.parent.glob(f".{final.name}{_TMP}*")) if final.parent.exists() else []
     olds = sorted(final.parent.glob(f".{final.name}{_OLD}*")) if final.parent.exists() else []
     if _TMP in final.name or _OLD in final.name:
@@ -185,19 +173,7 @@ def _read_index(final: pathlib.Path) -> dict[str, Any]:
             "path it was given; was it written by another tool, copied partially, or "
             "damaged?"
         ) from None
-    return check_index(index, final / INDEX)
-
-
-def read_arrays(ocp: Any, directory: pathlib.Path, targets: dict[str, Any], where: Any) -> Any:
-    """orbax's restore of ``targets`` from ``directory``; any failure to read them (a
-    missing or damaged file) is a CheckpointError naming the checkpoint."""
-    if not targets:
-        return {}
-    try:
-        return _checkpointer(ocp).restore(directory, args=ocp.args.StandardRestore(targets))
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise damaged(where, f"orbax cannot read its arrays ({type(e).__name__}: {reason})") from e
+    return index
 
 
 def restore(path: PathLike, tree: Any) -> None:
@@ -236,10 +212,13 @@ def restore(path: PathLike, tree: Any) -> None:
       >>> rng["bf16"][...], rng["key"].dtype
       (Array([1, 1], dtype=bfloat16), key<fry>)
     """
-    ocp = _orbax()
-    refuse_inside_jit("restore")
+    ocp = _orbax.orbax()
     final = pathlib.Path(path).absolute()
-    index = _read_index(final)
-    targets = fit(index, tree, final)
-    arrays = read_arrays(ocp, final / ARRAYS, targets, final)
-    finish(index, arrays, tree, final)
+
+    def read_arrays(targets: dict[str, Any]) -> Any:
+        args = ocp.args.StandardRestore(targets)
+        return _orbax.read(
+            "arrays", final, lambda: _orbax.checkpointer(ocp).restore(final / ARRAYS, args=args)
+        )
+
+    restore_into(tree, final, lambda: _read_index(final), read_arrays)
