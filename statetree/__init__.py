@@ -4,6 +4,7 @@ from ._aliases import check_aliases as check_aliases
 from ._aliases import find_aliases as find_aliases
 from ._checkpoint import CheckpointError as CheckpointError
 from ._checkpoint import CheckpointManager as CheckpointManager
+from ._checkpoint import PeerError as PeerError
 from ._checkpoint import restore as restore
 from ._checkpoint import save as save
 from ._config import use_mutable_arrays as use_mutable_arrays

@@ -47,7 +47,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 HEAVY_UNITS = {
     "tests/test_benchmarks.py": 30,
     "tests/test_equinox_examples.py": 30,
-    "tests/test_distributed.py": 25,
+    "tests/test_distributed.py": 60,
     "8 devices": 20,
     "tests/test_optimizer.py": 20,
     "tests/test_adapter_equinox.py": 20,

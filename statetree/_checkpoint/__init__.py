@@ -6,6 +6,7 @@ Start with README.md beside this file: what a checkpoint promises, and the map o
 """
 
 from ._failures import CheckpointError as CheckpointError
+from ._failures import PeerError as PeerError
 from ._files import restore as restore
 from ._files import save as save
 from ._manager import CheckpointManager as CheckpointManager

@@ -54,9 +54,10 @@ class PeerError(CheckpointError, TimeoutError):
         super().__init__(
             f"{call}: process(es) {who} of this jax.distributed job stopped answering "
             f"during the call (waited {waited:.0f} s){note}. A process died or hangs; the "
-            "checkpoint files are not at fault: the last checkpoint committed before this "
-            "call is intact and still the latest, and nothing half-written is listed or "
-            "restored. End this process and relaunch the job; it resumes from the latest "
+            "checkpoint files are not at fault: every checkpoint committed is intact, the "
+            "latest one is still the latest, and nothing half-written is listed or "
+            "restored. End this process (os._exit: jax.distributed's shutdown would wait "
+            "for the missing process) and relaunch the job; it resumes from the latest "
             "checkpoint (CheckpointManager.restore)."
         )
 

@@ -34,6 +34,7 @@ from typing import Any
 from . import _orbax, _processes
 from ._failures import CheckpointError, refuse_inside_jit
 from ._index import Live, encode
+from ._processes import PEER_TIMEOUT, check_timeout
 from ._restore import restore_into
 
 __all__ = ["save", "restore", "INDEX", "ARRAYS"]
@@ -47,7 +48,9 @@ PathLike = str | os.PathLike[str]
 
 
 # ---------------------------------------------------------------------------- save
-def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
+def save(
+    path: PathLike, tree: Any, *, overwrite: bool = False, peer_timeout: float = PEER_TIMEOUT
+) -> None:
     """Save the state of ``tree`` to the directory ``path`` (orbax-checkpoint).
 
     The checkpoint appears at ``path`` complete or not at all: it is written into a
@@ -67,9 +70,15 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
       tree: a live tree (Variables, raw Refs and arrays; other leaves are structure and
         are not saved), or a State such as ``st.state(model, st.Param)``.
       overwrite: replace an existing checkpoint at ``path``, once the new one is complete.
+      peer_timeout: under ``jax.distributed``, how long (seconds) to wait for another
+        process at a point where the processes meet before raising ``st.PeerError``
+        naming it (it died or hangs).
 
     Raises:
       CheckpointError: ``path`` exists and ``overwrite`` is False.
+      PeerError: another process of the job died or hangs (named); every checkpoint
+        committed before is intact.
+      ValueError: ``peer_timeout`` is not a positive number.
       TypeError: a value is traced (``save`` runs outside ``jax.jit``), or a path has a
         key other than ``str`` and ``int``.
       ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
@@ -93,6 +102,11 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
             "one directory per step), or pass overwrite=True to replace it once the new "
             "checkpoint is complete."
         )
+    with _processes.coordinated("st.save", check_timeout("save", peer_timeout)):
+        _save(ocp, final, tree)
+
+
+def _save(ocp: Any, final: pathlib.Path, tree: Any) -> None:
     index, stored = encode(Live.of(tree))
     # Every process writes into the same working directory: one name, agreed on.
     token = _processes.same_token()
@@ -176,7 +190,7 @@ def _read_index(final: pathlib.Path) -> Any:
     return index
 
 
-def restore(path: PathLike, tree: Any) -> None:
+def restore(path: PathLike, tree: Any, *, peer_timeout: float = PEER_TIMEOUT) -> None:
     """Restore the checkpoint at ``path`` into ``tree``'s mutable Variables, in place.
 
     The index is compared with the live tree first: the same paths, kinds, shapes,
@@ -193,12 +207,16 @@ def restore(path: PathLike, tree: Any) -> None:
       path: a directory written by :func:`save`.
       tree: the live tree, made mutable (``st.mutable``), or a State of its mutable
         Variables (such as ``st.state(model, st.Param)`` when that State was saved).
+      peer_timeout: as for :func:`save`.
 
     Raises:
       CheckpointError: no complete, intact checkpoint at ``path``: never written, an
         unfinished save's working directory, an interrupted overwrite, or damaged files
         (a value whose digest does not match is named); the message says which.
       StructureError: the tree does not fit the checkpoint (every difference is named).
+      PeerError: another process of the job died or hangs (named); the files are not
+        at fault and the tree is unchanged.
+      ValueError: ``peer_timeout`` is not a positive number.
       TypeError: called inside ``jax.jit`` (files cannot be part of a computation).
       ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
 
@@ -221,4 +239,5 @@ def restore(path: PathLike, tree: Any) -> None:
             "arrays", final, lambda: _orbax.checkpointer(ocp).restore(final / ARRAYS, args=args)
         )
 
-    restore_into(tree, final, lambda: _read_index(final), read_arrays)
+    with _processes.coordinated("st.restore", check_timeout("restore", peer_timeout)):
+        restore_into(tree, final, lambda: _read_index(final), read_arrays)

@@ -26,6 +26,7 @@ from typing import Any
 from . import _orbax
 from ._failures import CheckpointError, refuse_inside_jit
 from ._index import Live, encode
+from ._processes import PEER_TIMEOUT, check_timeout, coordinated
 from ._restore import restore_into
 
 __all__ = ["CheckpointManager"]
@@ -52,10 +53,12 @@ class CheckpointManager:
         writes any step).
       async_save: ``save`` returns once the state is snapshotted and digested; the
         files are written in the background (``wait_until_finished`` waits).
+      peer_timeout: under ``jax.distributed``, how long (seconds) a method waits for
+        another process before raising ``st.PeerError`` naming it (it died or hangs).
 
     Raises:
-      ValueError: ``best_mode`` is not ``"max"`` or ``"min"``, or ``max_to_keep`` is
-        below 1.
+      ValueError: ``best_mode`` is not ``"max"`` or ``"min"``, ``max_to_keep`` is
+        below 1, or ``peer_timeout`` is not a positive number.
       ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
 
     Examples:
@@ -82,6 +85,7 @@ class CheckpointManager:
         best_mode: str = "max",
         save_interval_steps: int = 1,
         async_save: bool = True,
+        peer_timeout: float = PEER_TIMEOUT,
     ) -> None:
         if best_mode not in ("max", "min"):
             raise ValueError(
@@ -93,6 +97,7 @@ class CheckpointManager:
                 f"CheckpointManager(max_to_keep={max_to_keep}): keep at least one step, "
                 "or pass None to keep them all."
             )
+        self.peer_timeout = check_timeout("CheckpointManager", peer_timeout)
         ocp = _orbax.orbax()
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
@@ -103,6 +108,8 @@ class CheckpointManager:
             best_mode=best_mode,
             save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save,
+            # orbax's background commit waits for every process at most this long.
+            async_options=ocp.options.AsyncOptions(timeout_secs=max(1, round(self.peer_timeout))),
             create=True,
         )
         self._manager = ocp.CheckpointManager(
@@ -165,16 +172,23 @@ class CheckpointManager:
                 f"by {self.best_metric!r}, which metrics does not hold ({metrics!r}). Pass "
                 f"metrics={{{self.best_metric!r}: value}}."
             )
-        index, stored = encode(Live.of(tree))
-        ocp = self._ocp
-        args = ocp.args.Composite(
-            arrays=ocp.args.StandardSave(stored), index=ocp.args.JsonSave(index)
-        )
-        return bool(self._manager.save(step, args=args, metrics=metrics, force=force))
+        with self._coordinated("save"):
+            index, stored = encode(Live.of(tree))
+            ocp = self._ocp
+            args = ocp.args.Composite(
+                arrays=ocp.args.StandardSave(stored), index=ocp.args.JsonSave(index)
+            )
+            return bool(self._manager.save(step, args=args, metrics=metrics, force=force))
 
     def wait_until_finished(self) -> None:
-        """Wait until every save started so far is on disk."""
-        self._manager.wait_until_finished()
+        """Wait until every save started so far is on disk.
+
+        Raises:
+          PeerError: another process of the job died or hangs (named); the step being
+            written is not listed, and the steps before it are intact.
+        """
+        with self._coordinated("wait_until_finished"):
+            self._manager.wait_until_finished()
 
     # ------------------------------------------------------------------ restore
     def restore(self, tree: Any, step: int | None = None) -> int:
@@ -184,10 +198,16 @@ class CheckpointManager:
         Raises:
           CheckpointError: no step saved (or not ``step``), or its files are damaged.
           StructureError: the tree does not fit the checkpoint (every difference named).
+          PeerError: another process of the job died or hangs (named); the files are
+            not at fault and the tree is unchanged.
           TypeError: called inside ``jax.jit``.
         """
         refuse_inside_jit("restore")
-        self.wait_until_finished()
+        with self._coordinated("restore"):
+            return self._restore(tree, step)
+
+    def _restore(self, tree: Any, step: int | None) -> int:
+        self._manager.wait_until_finished()
         steps = self.all_steps()
         if step is None:
             step = self.latest_step()
@@ -214,7 +234,11 @@ class CheckpointManager:
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         """Wait for pending saves and release orbax's resources."""
-        self._manager.close()
+        with self._coordinated("close"):
+            self._manager.close()
+
+    def _coordinated(self, method: str) -> Any:
+        return coordinated(f"CheckpointManager.{method}", self.peer_timeout)
 
     def __enter__(self) -> "CheckpointManager":
         return self
