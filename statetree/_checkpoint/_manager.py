@@ -26,6 +26,7 @@ from typing import Any
 from . import _orbax
 from ._failures import CheckpointError, refuse_inside_jit
 from ._index import Live, encode
+from ._preemption import Preemption
 from ._processes import PEER_TIMEOUT, check_timeout, coordinated
 from ._restore import restore_into
 
@@ -55,6 +56,17 @@ class CheckpointManager:
         files are written in the background (``wait_until_finished`` waits).
       peer_timeout: under ``jax.distributed``, how long (seconds) a method waits for
         another process before raising ``st.PeerError`` naming it (it died or hangs).
+      save_on_preemption: on SIGTERM (a scheduler's preemption notice) to the job's
+        processes, the next ``save(step, ...)`` that every process reaches writes that
+        step whatever the interval, waits until it is on disk, and sets ``preempted``:
+        leave the training loop then, and the relaunched job resumes from that step.
+        Call ``save`` at every step. On a ``jax.distributed`` job the step is agreed on
+        by JAX's preemption service; in one process the manager catches SIGTERM itself
+        (create it in the main thread).
+
+    Attributes:
+      preempted: True once ``save`` wrote the step at which a preemption notice
+        reached every process (``save_on_preemption``): the job should exit now.
 
     Raises:
       ValueError: ``best_mode`` is not ``"max"`` or ``"min"``, ``max_to_keep`` is
@@ -86,6 +98,7 @@ class CheckpointManager:
         save_interval_steps: int = 1,
         async_save: bool = True,
         peer_timeout: float = PEER_TIMEOUT,
+        save_on_preemption: bool = False,
     ) -> None:
         if best_mode not in ("max", "min"):
             raise ValueError(
@@ -98,6 +111,8 @@ class CheckpointManager:
                 "or pass None to keep them all."
             )
         self.peer_timeout = check_timeout("CheckpointManager", peer_timeout)
+        self.preempted = False
+        self._preemption = Preemption() if save_on_preemption else None
         ocp = _orbax.orbax()
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
@@ -150,7 +165,10 @@ class CheckpointManager:
         """Save the state of ``tree`` as ``step``; return whether it was written.
 
         With ``async_save`` (the default) this returns once the values are snapshotted
-        and digested; training may go on, in place, while the files are written.
+        and digested; training may go on, in place, while the files are written. With
+        ``save_on_preemption``, the step at which a preemption notice (SIGTERM) has
+        reached every process is written whatever the interval and waited for, and
+        ``preempted`` becomes True: stop training and exit.
 
         Args:
           step: the step number (larger than every saved step).
@@ -164,7 +182,8 @@ class CheckpointManager:
           ValueError: ``best_metric`` is set and ``metrics`` lacks it.
         """
         refuse_inside_jit("save")
-        if not force and not self.should_save(step):
+        preempted = self._preemption is not None and self._preemption.reached(step, self._manager)
+        if not (preempted or force or self.should_save(step)):
             return False
         if self.best_metric is not None and self.best_metric not in (metrics or {}):
             raise ValueError(
@@ -172,13 +191,25 @@ class CheckpointManager:
                 f"by {self.best_metric!r}, which metrics does not hold ({metrics!r}). Pass "
                 f"metrics={{{self.best_metric!r}: value}}."
             )
+        if not preempted:
+            with self._coordinated("save"):
+                return self._save(step, tree, metrics, force=force)
         with self._coordinated("save"):
-            index, stored = encode(Live.of(tree))
-            ocp = self._ocp
-            args = ocp.args.Composite(
-                arrays=ocp.args.StandardSave(stored), index=ocp.args.JsonSave(index)
-            )
-            return bool(self._manager.save(step, args=args, metrics=metrics, force=force))
+            saved = step in self._manager.all_steps()  # the notice came right after a save
+            written = saved or self._save(step, tree, metrics, force=True)
+            self._manager.wait_until_finished()  # on disk before the job goes away
+        self.preempted = True
+        return written
+
+    def _save(
+        self, step: int, tree: Any, metrics: Mapping[str, Any] | None, *, force: bool
+    ) -> bool:
+        index, stored = encode(Live.of(tree))
+        ocp = self._ocp
+        args = ocp.args.Composite(
+            arrays=ocp.args.StandardSave(stored), index=ocp.args.JsonSave(index)
+        )
+        return bool(self._manager.save(step, args=args, metrics=metrics, force=force))
 
     def wait_until_finished(self) -> None:
         """Wait until every save started so far is on disk.
@@ -236,6 +267,8 @@ class CheckpointManager:
         """Wait for pending saves and release orbax's resources."""
         with self._coordinated("close"):
             self._manager.close()
+        if self._preemption is not None:
+            self._preemption.close()
 
     def _coordinated(self, method: str) -> Any:
         return coordinated(f"CheckpointManager.{method}", self.peer_timeout)
