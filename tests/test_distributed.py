@@ -6,9 +6,13 @@ model (plain and packed), and restore each other's checkpoints; the job is then 
 in the middle of a save. The docs page docs/multi-process.md runs as a 2-process job too.
 """
 
+import os
 import pathlib
+import random
+import re
 import signal
 import time
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -116,3 +120,120 @@ def test_peer_timeout_must_be_positive(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match=r"CheckpointManager: peer_timeout=-1.0 must be"):
         st.CheckpointManager(tmp_path / "run", peer_timeout=-1.0)
     assert not (tmp_path / "c").exists()
+
+
+TRAIN_JOB = SCRIPTS / "train_job.py"
+
+
+def _wait_for(job: Job, pattern: str, deadline: float) -> re.Match[str] | None:
+    """The first match of ``pattern`` in process 0's output, waiting until it appears or
+    until every process has exited (None then)."""
+    while True:
+        if found := re.search(pattern, job.output(0), re.M):
+            return found
+        if all(p.poll() is not None for p in job.procs) or time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+def soak(directory: pathlib.Path, *, kills: int, seed: int, steps: int) -> dict[str, Any]:
+    """Run a 2-process training job (tests/multidevice/train_job.py: the default and the
+    packed form side by side) to ``steps``, killing it ``kills`` times at seeded moments
+    (SIGKILL of one process, or SIGTERM of both: a preemption) and relaunching it from
+    the manager's latest step each time. Returns the final values and what each kill
+    cost."""
+    rng = random.Random(seed)
+    record: list[dict[str, Any]] = []
+    while len(record) < kills:
+        launched = time.monotonic()
+        job = Job(TRAIN_JOB, str(directory), str(steps))
+        try:
+            started = _wait_for(job, r"^START (\d+)$", launched + 120)
+            assert started, job.outputs()
+            resume = time.monotonic() - launched
+            target = int(started.group(1)) + rng.randint(0, 3)
+            # JAX's preemption service agrees on a step some steps after the notice.
+            assert target < steps - 15, f"{steps} steps are too few for {kills} kills"
+            assert _wait_for(job, rf"^STEP {target}$", launched + 120), job.outputs()
+            time.sleep(rng.uniform(0.0, 0.08))  # somewhere in the next step or save
+            mark, n = re.findall(r"^(TRAINED|STEP) (\d+)$", job.output(0), re.M)[-1]
+            kind = rng.choice(["SIGKILL one", "SIGTERM all"])
+            if kind == "SIGKILL one":
+                os.kill(job.procs[rng.randrange(2)].pid, signal.SIGKILL)
+                time.sleep(0.3)  # the scheduler then ends the rest of the job
+                job.stop()
+            else:
+                for p in job.procs:
+                    os.kill(p.pid, signal.SIGTERM)
+                for p in job.procs:
+                    p.wait(timeout=90)
+                assert [p.returncode for p in job.procs] == [0, 0], job.outputs()
+        finally:
+            job.stop()
+        last = max(int(k) for k in re.findall(r"^STEP (\d+)$", job.output(0), re.M))
+        with st.CheckpointManager(directory / "run") as manager:
+            latest = manager.latest_step()
+        if kind == "SIGTERM all":  # every process stopped at one step, saved there
+            assert re.findall(r"^PREEMPTED (\d+)$", job.output(0), re.M) == [str(latest)]
+            assert re.findall(r"^PREEMPTED (\d+)$", job.output(1), re.M) == [str(latest)]
+            where = "preempted"
+        elif int(n) % 3:  # where the kill landed, from what process 0 printed last
+            where = "mid-step"
+        else:
+            where = "mid-save" if mark == "TRAINED" else "mid-async-save"
+        lost = last - (-1 if latest is None else latest)
+        record.append({"kind": kind, "where": where, "resume_s": resume, "lost_steps": lost})
+    final = Job(TRAIN_JOB, str(directory), str(steps))
+    outs = final.wait(240)
+    assert "DONE" in outs[0], outs
+    return {"final": dict(np.load(directory / "final.npz")), "kills": record}
+
+
+def check_soak(directory: pathlib.Path, kills: int, seed: int) -> list[dict[str, Any]]:
+    """A soak of ``kills`` kills against an uninterrupted run (launched alongside):
+    the final parameters and optimizer state, default and packed, bit for bit."""
+    steps = 15 * kills + 10  # a preemption runs some steps on before the agreed one
+    (directory / "base").mkdir()
+    (directory / "soak").mkdir()
+    base = Job(TRAIN_JOB, str(directory / "base"), str(steps))
+    try:
+        result = soak(directory / "soak", kills=kills, seed=seed, steps=steps)
+    finally:
+        base_out = base.wait(240)
+    assert "DONE" in base_out[0]
+    expected = dict(np.load(directory / "base" / "final.npz"))
+    got = result["final"]
+    assert sorted(got) == sorted(expected), (sorted(got), sorted(expected))
+    for form in ("default", "packed"):  # parameters and optimizer state of both forms
+        assert any(k.startswith(f"{form}/1/") for k in got) and f"{form}/0/w1" in got
+    for key, value in expected.items():  # bit for bit
+        assert got[key].tobytes() == value.tobytes(), key
+    assert len(result["kills"]) == kills, result["kills"]
+    return result["kills"]
+
+
+def test_a_job_killed_at_random_resumes_to_the_same_numbers(tmp_path: pathlib.Path) -> None:
+    kills = check_soak(tmp_path, kills=3, seed=1)  # SIGKILL one, SIGTERM all, SIGKILL one
+    assert {k["kind"] for k in kills} == {"SIGKILL one", "SIGTERM all"}
+
+
+@pytest.mark.skipif(
+    "STATETREE_SOAK" not in os.environ,
+    reason="the long soak: STATETREE_SOAK=KILLS (20 or more) runs it (minutes)",
+)
+def test_soak_long(tmp_path: pathlib.Path) -> None:
+    kills = check_soak(tmp_path, kills=int(os.environ["STATETREE_SOAK"]), seed=2026)
+    for k in kills:
+        print(k)  # -s shows every kill: its kind, where it landed, the resume time, lost steps
+    resumes = sorted(k["resume_s"] for k in kills)
+    lost = [k["lost_steps"] for k in kills]
+    print(
+        f"{len(kills)} kills survived; "
+        + ", ".join(
+            f"{w}: {sum(k['where'] == w for k in kills)}"
+            for w in sorted({k["where"] for k in kills})
+        )
+        + f"; time to resume (launch -> first step) median {resumes[len(resumes) // 2]:.1f} s, "
+        f"max {resumes[-1]:.1f} s; lost steps per kill mean {sum(lost) / len(lost):.1f}, "
+        f"max {max(lost)}"
+    )

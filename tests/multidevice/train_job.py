@@ -1,15 +1,16 @@
 """A training job that checkpoints with st.CheckpointManager and can be killed at any
-moment. Usage: train_job.py DIR STEPS PACKED [SLEEP].
+moment. Usage: train_job.py DIR STEPS [SLEEP].
 
 Joins the jax.distributed job of the environment (tests/_multiprocess.py) or runs as one
-process. Builds a small model (row-sharded over all devices) and adam, both seeded, and
-resumes from the manager's latest step when DIR/run holds one. Every step's batch is a
-function of the step number, so a run interrupted and resumed any number of times
-computes what one uninterrupted run computes. The manager saves asynchronously every 3
-steps and on preemption (SIGTERM to every process: save_on_preemption=True). Prints
-"STEP n" after each step (then sleeps SLEEP seconds, to give a killer time), "PREEMPTED
-n" when it stops for a preemption, and "DONE" after writing the final values (gathered
-from every process) to DIR/final.npz.
+process. Builds a small model (row-sharded over all devices) and adam, both seeded, in
+the default and in the packed form (trained side by side), and resumes from the
+manager's latest step when DIR/run holds one. Every step's batch is a function of the
+step number, so a run interrupted and resumed any number of times computes what one
+uninterrupted run computes. The manager saves asynchronously every 3 steps and on
+preemption (SIGTERM to every process: save_on_preemption=True). Prints "TRAINED n"
+after each step's computation, "STEP n" after its save (then sleeps SLEEP seconds),
+"PREEMPTED n" when it stops for a preemption, and "DONE" after writing the final values
+(gathered from every process) to DIR/final.npz.
 """
 
 import pathlib
@@ -32,8 +33,8 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import statetree as st  # noqa: E402
 
-directory, steps, packed = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-sleep = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+directory, steps = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+sleep = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 mesh = jax.make_mesh((jax.device_count(),), ("x",))
 
 
@@ -41,17 +42,22 @@ def place(host: np.ndarray, spec: P) -> jax.Array:
     return jax.make_array_from_callback(host.shape, NamedSharding(mesh, spec), lambda i: host[i])
 
 
-r = np.random.default_rng(0)
-with jax.set_mesh(mesh):
-    model = st.mutable(
-        {
-            "w1": st.Param(place(r.normal(size=(8, 16)).astype(np.float32) / 3, P("x"))),
-            "b1": st.Param(place(np.zeros(16, np.float32), P())),
-            "w2": st.Param(place(r.normal(size=(16, 1)).astype(np.float32) / 4, P())),
-        },
-        packed=packed,
-    )
-    optimizer = st.Optimizer(model, optax.adam(0.01), packed=packed)
+def build(packed: bool):
+    r = np.random.default_rng(0)
+    with jax.set_mesh(mesh):
+        model = st.mutable(
+            {
+                "w1": st.Param(place(r.normal(size=(8, 16)).astype(np.float32) / 3, P("x"))),
+                "b1": st.Param(place(np.zeros(16, np.float32), P())),
+                "w2": st.Param(place(r.normal(size=(16, 1)).astype(np.float32) / 4, P())),
+            },
+            packed=packed,
+        )
+        return model, st.Optimizer(model, optax.adam(0.01), packed=packed)
+
+
+# The default and the packed form, side by side: one job checks both.
+state = {"default": build(False), "packed": build(True)}
 
 
 def batch(step: int) -> tuple[jax.Array, jax.Array]:
@@ -77,11 +83,13 @@ manager = st.CheckpointManager(
 )
 start = 0
 if manager.latest_step() is not None:
-    start = manager.restore((model, optimizer)) + 1
+    start = manager.restore(state) + 1
 print(f"START {start}", flush=True)
 for step in range(start, steps):
-    train_step(model, optimizer, *batch(step))
-    manager.save(step, (model, optimizer))
+    for model, optimizer in state.values():
+        train_step(model, optimizer, *batch(step))
+    print(f"TRAINED {step}", flush=True)
+    manager.save(step, state)
     print(f"STEP {step}", flush=True)
     if manager.preempted:
         print(f"PREEMPTED {step}", flush=True)
@@ -90,7 +98,7 @@ for step in range(start, steps):
 else:
     manager.wait_until_finished()
     out = {}
-    for path, v in st.state(st.freeze((model, optimizer))).items():
+    for path, v in st.state(st.freeze(state)).items():
         value = v.value if isinstance(v, st.Variable) else v
         if not value.is_fully_addressable:
             value = multihost_utils.process_allgather(value, tiled=True)
