@@ -29,7 +29,7 @@ from . import _processes
 
 __all__ = ["digests", "packed_digests", "index_checksum"]
 
-_BLOCK = 1 << 20  # words hashed per NumPy step (bounds the temporary memory)
+_BLOCK = 1 << 17  # words hashed per NumPy step (bounds the temporary memory: ~1 MiB each)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SALT = np.uint64(0x5851F42D4C957F2D)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -84,7 +84,8 @@ def _partial(block: np.ndarray, starts: tuple[int, ...], shape: tuple[int, ...])
         at = (starts[0] + r, *starts[1:])
         position = _positions(at, part.shape, shape).reshape(-1, 1) * np.uint64(per)
         position = (position + np.arange(per, dtype=np.uint64)).reshape(-1)
-        total = total + np.sum(_hash(words, position), dtype=np.uint64)
+        with np.errstate(over="ignore"):  # wrapping: the sum is modulo 2**64
+            total = total + np.sum(_hash(words, position), dtype=np.uint64)
     return int(total)
 
 
@@ -104,8 +105,18 @@ def digests(arrays: Sequence[Any]) -> list[str]:
     """The digest of each array (NumPy or ``jax.Array``, sharded or not), the same
     whatever the arrays' layouts and however many processes hold them. Every process
     calls it with its view of the same global arrays."""
-    partial = np.array([_local(a) for a in arrays], dtype=np.uint64)
-    total = _processes.sum_across(partial)
+    return combine(shares(arrays))
+
+
+def shares(arrays: Sequence[Any]) -> list[int]:
+    """This process's share of each array's digest (``combine`` adds the processes')."""
+    return [_local(a) for a in arrays]
+
+
+def combine(shares: Sequence[int]) -> list[str]:
+    """The digests whose shares, on every process, are ``shares`` (one meeting of the
+    processes for any number of values)."""
+    total = _processes.sum_across(np.array(shares, dtype=np.uint64))
     return [_format(int(d)) for d in np.atleast_1d(total)]  # 1-D (typed for checkers)
 
 

@@ -234,10 +234,7 @@ def restore(path: PathLike, tree: Any, *, peer_timeout: float = PEER_TIMEOUT) ->
     final = pathlib.Path(path).absolute()
 
     def read_arrays(targets: dict[str, Any]) -> Any:
-        args = ocp.args.StandardRestore(targets)
-        return _orbax.read(
-            "arrays", final, lambda: _orbax.checkpointer(ocp).restore(final / ARRAYS, args=args)
-        )
+        return _orbax.read_arrays(ocp, final / ARRAYS, targets, final)
 
     with _processes.coordinated("st.restore", check_timeout("restore", peer_timeout)):
         restore_into(tree, final, lambda: _read_index(final), read_arrays)

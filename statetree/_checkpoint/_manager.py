@@ -256,8 +256,7 @@ class CheckpointManager:
             return _orbax.read("index", where, lambda: manager.restore(at, args=args)["index"])
 
         def read_arrays(targets: dict[str, Any]) -> Any:
-            args = ocp.args.Composite(arrays=ocp.args.StandardRestore(targets))
-            return _orbax.read("arrays", where, lambda: manager.restore(at, args=args)["arrays"])
+            return _orbax.read_arrays(ocp, os.path.join(where, "arrays"), targets, where)
 
         restore_into(tree, where, read_index, read_arrays)
         return step

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._failures import damaged
 
-__all__ = ["orbax", "checkpointer", "read"]
+__all__ = ["orbax", "checkpointer", "read", "read_arrays"]
 
 
 def orbax() -> Any:
@@ -41,3 +41,16 @@ def read(what: str, where: Any, reading: Callable[[], Any]) -> Any:
     except Exception as e:
         reason = (str(e).strip().splitlines() or [""])[0][:300]
         raise damaged(where, f"orbax cannot read its {what} ({type(e).__name__}: {reason})") from e
+
+
+def read_arrays(ocp: Any, directory: Any, targets: dict[str, Any], where: Any) -> Any:
+    """The arrays ``targets`` names (any subset of those saved) from the orbax
+    checkpoint in ``directory``: each into the layout of its target (a
+    ``jax.ShapeDtypeStruct`` with a sharding, or a NumPy array for a host buffer)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    args = ocp.args.PyTreeRestore(
+        item=targets,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(targets),
+        partial_restore=True,
+    )
+    return read("arrays", where, lambda: ocp.Checkpointer(handler).restore(directory, args=args))

@@ -9,11 +9,15 @@ readers to ``restore_into``, which
 3. flattens the live tree once (``_index.Live``) and compares it with the index: every
    path, kind, shape, dtype, the sharing, and that each target is writable in place
    (``fit``: one StructureError naming every difference, before a byte is read);
-4. reads the arrays, each in the layout of the Variable that receives it;
-5. checks every value against the digest stored at save time (``_verify``);
-6. writes them all into the live tree with ``st.update``'s write path.
+4. reads the arrays, each in the layout of the Variable that receives it, and checks
+   every value against the digest stored at save time (``_verify``);
+5. reads them again and writes them into the live tree with ``st.update``'s write path.
 
-Any failure raises before step 6, so the user's tree is unchanged.
+Any failure raises before step 5, so the user's tree is unchanged. Steps 4 and 5 read
+the arrays in **batches** of at most the largest value's size (``_batches``), each
+dropped before the next is read: a restore needs the live model plus one value's worth
+of memory, never a second copy of the whole tree. The price is reading the files twice
+(the second time mostly from the OS's page cache).
 """
 
 from collections import defaultdict
@@ -47,10 +51,31 @@ def restore_into(
     refuse_inside_jit("restore")
     index = check_index(read_index(), where)
     live = Live.of(tree)
-    targets = _fit(index, live, where)
-    arrays = read_arrays(targets) if targets else {}
-    values = _verify(index, arrays, where)
-    write(live.graphdef, live.values, [State(values)], exact=True)
+    batches = _batches(_fit(index, live, where))
+    _verify(index, batches, read_arrays, where)
+    for batch in batches:  # every value is intact: write, one batch at a time
+        values = _values(index, read_arrays(batch))
+        write(live.graphdef, live.values, [State(values)], exact=True)
+
+
+def _nbytes(target: Any) -> int:
+    return int(np.prod(target.shape, dtype=np.int64)) * np.dtype(target.dtype).itemsize
+
+
+def _batches(targets: dict[str, Any]) -> list[dict[str, Any]]:
+    """``targets`` in consecutive groups of at most the largest one's size."""
+    if not targets:
+        return []
+    budget = max(map(_nbytes, targets.values()))
+    batches: list[dict[str, Any]] = [{}]
+    held = 0
+    for key, target in targets.items():
+        if batches[-1] and held + _nbytes(target) > budget:
+            batches.append({})
+            held = 0
+        batches[-1][key] = target
+        held += _nbytes(target)
+    return batches
 
 
 def _problems(index: dict[str, Any], live: Live) -> list[Misfit]:
@@ -133,27 +158,32 @@ def _fit(index: dict[str, Any], live: Live, where: Any) -> dict[str, Any]:
     return targets
 
 
-def _verify(index: dict[str, Any], arrays: Any, where: Any) -> dict[Any, Any]:
-    """The values read for ``index``, keyed by path, once every one matches the digest
-    stored at save time (a mismatch raises: nothing is written)."""
+def _verify(
+    index: dict[str, Any],
+    batches: list[dict[str, Any]],
+    read_arrays: Callable[[dict[str, Any]], Any],
+    where: Any,
+) -> None:
+    """Read every batch and check each value against the digest stored at save time
+    (a mismatch raises: nothing is written). Values held whole in a shared buffer are
+    checked here; the shares of the others are added across processes at the end."""
     entries = index["values"]
-    alone = [i for i, e in enumerate(entries) if str(i) in arrays]
-    found = dict(zip(alone, _digest.digests([arrays[str(i)] for i in alone]), strict=True))
-    flat = {}
-    members: dict[str, list[int]] = defaultdict(list)
-    for i, entry in enumerate(entries):
-        if "buffer" in entry:
-            members[entry["buffer"]].append(i)
-    for name, group in members.items():
-        buffer = np.asarray(arrays[name]).reshape(-1)
-        spans = [(entries[i]["offset"], stored_size(entries[i])) for i in group]
-        if any(o < 0 or o + n > buffer.size for o, n in spans):
-            raise damaged(where, f"its buffer {name} is shorter than its index says")
-        parts = [buffer[o : o + n] for o, n in spans]
-        digests = _digest.packed_digests(np.concatenate(parts), [n for _, n in spans])
-        for i, part, digest in zip(group, parts, digests, strict=True):
-            found[i] = digest
-            flat[i] = part
+    found: dict[int, str] = {}
+    alone: list[int] = []
+    shares: list[int] = []
+    for batch in batches:
+        arrays = read_arrays(batch)
+        for key, array in arrays.items():
+            if not key.startswith("small:"):
+                alone.append(int(key))
+                shares.extend(_digest.shares([array]))
+                continue
+            group = [i for i, e in enumerate(entries) if e.get("buffer") == key]
+            parts = _parts(index, key, np.asarray(array).reshape(-1), group, where)
+            digests = _digest.packed_digests(np.concatenate(parts), [p.size for p in parts])
+            found.update(zip(group, digests, strict=True))
+        del arrays
+    found.update(zip(alone, _digest.combine(shares), strict=True))
     wrong = [
         format_path(tuple(entries[i]["path"]))
         for i, digest in sorted(found.items())
@@ -165,10 +195,33 @@ def _verify(index: dict[str, Any], arrays: Any, where: Any) -> dict[Any, Any]:
             f"{len(wrong)} value(s) do not match the digest stored at save time: "
             + ", ".join(wrong),
         )
+
+
+def _parts(
+    index: dict[str, Any], name: str, buffer: np.ndarray, group: list[int], where: Any
+) -> list[np.ndarray]:
+    """The values of the shared buffer ``name``, each a flat slice of ``buffer``."""
+    entries = index["values"]
+    spans = [(entries[i]["offset"], stored_size(entries[i])) for i in group]
+    if any(o < 0 or o + n > buffer.size for o, n in spans):
+        raise damaged(where, f"its buffer {name} is shorter than its index says")
+    return [buffer[o : o + n] for o, n in spans]
+
+
+def _values(index: dict[str, Any], arrays: Any) -> dict[Any, Any]:
+    """The values held by ``arrays`` (a batch read), keyed by path, in their shape."""
+    entries = index["values"]
+    flat: dict[int, Any] = {}
+    for key, array in arrays.items():
+        if key.startswith("small:"):
+            group = [i for i, e in enumerate(entries) if e.get("buffer") == key]
+            parts = _parts(index, key, np.asarray(array).reshape(-1), group, None)
+            flat.update(zip(group, parts, strict=True))
+        else:
+            flat[int(key)] = array
     values = {}
-    for i in found:  # zero-size values hold nothing to write
+    for i, array in flat.items():
         entry = entries[i]
-        array = arrays[str(i)] if str(i) in arrays else flat[i]
         if "key_impl" in entry:
             array = jax.random.wrap_key_data(
                 array.reshape((*entry["shape"], -1)), impl=entry["key_impl"]
