@@ -4,6 +4,11 @@ One launch (tests/multidevice/distributed_checks.py) serves training and checkpo
 checks: the 2-process job and a 1-process, 4-device run go side by side, train the same
 model (plain and packed), and restore each other's checkpoints; the job is then killed
 in the middle of a save. The docs page docs/multi-process.md runs as a 2-process job too.
+
+Faults: a process SIGKILLed in the middle of each coordinated call is named by
+st.PeerError on the other (tests/multidevice/dead_peer.py), and a training job killed at
+seeded moments, relaunched each time, ends bit for bit where an uninterrupted one does
+(tests/multidevice/train_job.py; STATETREE_SOAK=KILLS runs the long soak).
 """
 
 import os
@@ -213,7 +218,7 @@ def check_soak(directory: pathlib.Path, kills: int, seed: int) -> list[dict[str,
 
 
 def test_a_job_killed_at_random_resumes_to_the_same_numbers(tmp_path: pathlib.Path) -> None:
-    kills = check_soak(tmp_path, kills=3, seed=1)  # SIGKILL one, SIGTERM all, SIGKILL one
+    kills = check_soak(tmp_path, kills=2, seed=1)  # SIGKILL one, then SIGTERM all
     assert {k["kind"] for k in kills} == {"SIGKILL one", "SIGTERM all"}
 
 
