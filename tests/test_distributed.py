@@ -141,6 +141,26 @@ def _wait_for(job: Job, pattern: str, deadline: float) -> re.Match[str] | None:
         time.sleep(0.02)
 
 
+# Where a SIGKILL is aimed: right after the line (mark, n) with n passing the test.
+AIMS = {
+    "mid-save": ("TRAINED", lambda n: n % 3 == 0),  # in save(n), which writes
+    "mid-async-save": ("STEP", lambda n: n % 3 == 0),  # save(n) returned: writing
+    "mid-step": ("STEP", lambda n: n % 3 == 1),  # in step n + 1 (its save writes nothing)
+}
+
+
+def _wait_for_mark(job: Job, mark: str, test: Any, after: int, deadline: float) -> bool:
+    """Wait until process 0 prints ``mark n`` for some n > ``after`` passing ``test``."""
+    while time.monotonic() < deadline:
+        found = re.findall(rf"^{mark} (\d+)$", job.output(0), re.M)
+        if any(int(n) > after and test(int(n)) for n in found):
+            return True
+        if any(p.poll() is not None for p in job.procs):
+            return False
+        time.sleep(0.005)
+    return False
+
+
 def soak(directory: pathlib.Path, *, kills: int, seed: int, steps: int) -> dict[str, Any]:
     """Run a 2-process training job (tests/multidevice/train_job.py: the default and the
     packed form side by side) to ``steps``, killing it ``kills`` times at seeded moments
@@ -160,9 +180,12 @@ def soak(directory: pathlib.Path, *, kills: int, seed: int, steps: int) -> dict[
             # JAX's preemption service agrees on a step some steps after the notice.
             assert target < steps - 15, f"{steps} steps are too few for {kills} kills"
             assert _wait_for(job, rf"^STEP {target}$", launched + 120), job.outputs()
-            time.sleep(rng.uniform(0.0, 0.08))  # somewhere in the next step or save
-            mark, n = re.findall(r"^(TRAINED|STEP) (\d+)$", job.output(0), re.M)[-1]
             kind = rng.choice(["SIGKILL one", "SIGTERM all"])
+            if kind == "SIGKILL one":  # aim at a moment; the job saves every third step
+                aim = rng.choice(list(AIMS))
+                assert _wait_for_mark(job, *AIMS[aim], target, launched + 120), job.outputs()
+            time.sleep(rng.uniform(0.0, 0.01))
+            mark, n = re.findall(r"^(TRAINED|STEP) (\d+)$", job.output(0), re.M)[-1]
             if kind == "SIGKILL one":
                 os.kill(job.procs[rng.randrange(2)].pid, signal.SIGKILL)
                 time.sleep(0.3)  # the scheduler then ends the rest of the job
@@ -218,8 +241,8 @@ def check_soak(directory: pathlib.Path, kills: int, seed: int) -> list[dict[str,
 
 
 def test_a_job_killed_at_random_resumes_to_the_same_numbers(tmp_path: pathlib.Path) -> None:
-    kills = check_soak(tmp_path, kills=2, seed=1)  # SIGKILL one, then SIGTERM all
-    assert {k["kind"] for k in kills} == {"SIGKILL one", "SIGTERM all"}
+    kills = check_soak(tmp_path, kills=2, seed=1)  # SIGKILL one mid-async-save, SIGTERM all
+    assert [k["kind"] for k in kills] == ["SIGKILL one", "SIGTERM all"], kills
 
 
 @pytest.mark.skipif(

@@ -1,7 +1,8 @@
 """The one restore routine (statetree/_checkpoint/_restore.py): its host memory.
 
-A restore reads the arrays in batches of at most the largest value, twice (check every
-digest, then write), so it never holds a second copy of the tree. Measured in child
+A restore reads the arrays in batches of at most the largest value or 64 MiB (BATCH),
+twice (check every digest, then write), so it never holds a second copy of the tree;
+the children here set BATCH to 0 to see batches of one value in a small model. Measured in child
 processes (tests/multidevice/restore_memory.py) from the kernel's peak resident set,
 with glibc's mmap threshold fixed so that freed buffers go back to the system at once
 (by default glibc may keep them for reuse, which a peak would count as held); across
@@ -53,7 +54,8 @@ def test_a_restore_holds_a_few_values_never_a_second_tree(tmp_path: pathlib.Path
     reshard = launch(tmp_path, "2x2to1x4", 4)
     finish(saving)
     for measured in (peak(launch(tmp_path, "to1", 1)), peak(reshard)):
-        # Above the live model (48 MiB: 6 values of 8 MiB): one batch being read, the
-        # digest's blocks and one value being written, about 3 values; never the tree.
+        # Above the live model (48 MiB: 6 values of 8 MiB, batches of one value): the
+        # batch being read (orbax's buffers and the device copy), the digest's blocks,
+        # one value being written: about 3 values; never the tree.
         assert measured["increase"] <= 4 * measured["largest"], measured
         assert measured["increase"] < measured["model"], measured

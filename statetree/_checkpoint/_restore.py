@@ -14,10 +14,10 @@ readers to ``restore_into``, which
 5. reads them again and writes them into the live tree with ``st.update``'s write path.
 
 Any failure raises before step 5, so the user's tree is unchanged. Steps 4 and 5 read
-the arrays in **batches** of at most the largest value's size (``_batches``), each
-dropped before the next is read: a restore needs the live model plus one value's worth
-of memory, never a second copy of the whole tree. The price is reading the files twice
-(the second time mostly from the OS's page cache).
+the arrays in **batches** of at most the largest value's size or ``BATCH`` (64 MiB),
+whichever is more (``_batches``), each dropped before the next is read: a restore needs
+the live model plus about one batch, never a second copy of the whole tree. The price
+is reading the files twice (the second time mostly from the OS's page cache).
 """
 
 from collections import defaultdict
@@ -35,7 +35,9 @@ from . import _digest
 from ._failures import damaged, refuse_inside_jit
 from ._index import Live, check_index, kind, stored_size
 
-__all__ = ["restore_into"]
+__all__ = ["restore_into", "BATCH"]
+
+BATCH = 64 << 20  # bytes: a batch read holds at most this much, or the largest value
 
 
 def restore_into(
@@ -63,10 +65,12 @@ def _nbytes(target: Any) -> int:
 
 
 def _batches(targets: dict[str, Any]) -> list[dict[str, Any]]:
-    """``targets`` in consecutive groups of at most the largest one's size."""
+    """``targets`` in consecutive groups of at most the largest one's size, or of
+    BATCH bytes when that is more (each orbax read costs tens of milliseconds of its
+    own: a model of many small values is read in a few large batches)."""
     if not targets:
         return []
-    budget = max(map(_nbytes, targets.values()))
+    budget = max(BATCH, *map(_nbytes, targets.values()))
     batches: list[dict[str, Any]] = [{}]
     held = 0
     for key, target in targets.items():

@@ -4,7 +4,9 @@ Usage: restore_memory.py DIR MODE.
 CPU devices have no allocator statistics (``Device.memory_stats()`` is None), and their
 buffers are this process's memory, so the measure is the process's peak resident set
 (``VmHWM``, reset through ``/proc/self/clear_refs``; freed memory handed back with
-``malloc_trim`` first). The model: 6 float32 values of 8 MiB (48 MiB). MODE:
+``malloc_trim`` first). The model: 6 float32 values of 8 MiB (48 MiB), restored in
+batches of one value (``BATCH`` set to 0: the 64 MiB floor would read this small model
+in one batch). MODE:
 
 - ``save8``: 8 devices, every value sharded over all 8; saves DIR/eight.
 - ``to1``: 1 device; restores DIR/eight into a live model on one device.
@@ -27,6 +29,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import statetree as st
+from statetree._checkpoint import _restore
+
+_restore.BATCH = 0  # batches of the largest value (the mechanism, at a small scale)
 
 directory, mode = pathlib.Path(sys.argv[1]), sys.argv[2]
 SHAPE = (2048, 1024)  # float32: 8 MiB
