@@ -44,9 +44,9 @@ __all__ = [
 ]
 
 # Seconds a coordinated call waits for a missing process at one point, by default. A dead
-# peer is named within about 2-3 times this (orbax's own barrier, then the check of who
-# is alive), so within 60 s.
-PEER_TIMEOUT = 20.0
+# peer is named within about 1-3.5 times this (orbax's own barriers, then the check of
+# who is alive): within 60 s.
+PEER_TIMEOUT = 15.0
 _KEEP = 8  # calls whose keys stay in the key-value store
 _POLL_MS = 100  # one blocking read of the key-value store, between checks for failures
 
