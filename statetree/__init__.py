@@ -3,6 +3,8 @@
 from ._aliases import check_aliases as check_aliases
 from ._aliases import find_aliases as find_aliases
 from ._checkpoint import CheckpointError as CheckpointError
+from ._checkpoint import CheckpointManager as CheckpointManager
+from ._checkpoint import PeerError as PeerError
 from ._checkpoint import restore as restore
 from ._checkpoint import save as save
 from ._config import use_mutable_arrays as use_mutable_arrays
@@ -24,7 +26,6 @@ from ._filters import Not as Not
 from ._filters import PathContains as PathContains
 from ._graph import GraphDef as GraphDef
 from ._graph import register_node as register_node
-from ._manager import CheckpointManager as CheckpointManager
 from ._optimizer import Optimizer as Optimizer
 from ._packed import Packed as Packed
 from ._rng import Rng as Rng

@@ -12,7 +12,7 @@ from ._errors import AliasError, format_path
 from ._graph import Path
 from ._variables import Variable
 
-__all__ = ["find_aliases", "check_aliases"]
+__all__ = ["find_aliases", "check_aliases", "alias_groups"]
 
 
 def find_aliases(tree: Any) -> list[tuple[Path, ...]]:
@@ -43,7 +43,12 @@ def find_aliases(tree: Any) -> list[tuple[Path, ...]]:
       >>> st.find_aliases([ref, (ref,)])
       [((0,), (1, 0))]
     """
-    graphdef, values = _graph.flatten(tree)
+    return alias_groups(*_graph.flatten(tree))
+
+
+def alias_groups(graphdef: _graph.GraphDef, values: list[Any]) -> list[tuple[Path, ...]]:
+    """``find_aliases`` of the tree that ``_graph.flatten`` turned into ``graphdef`` and
+    ``values`` (for callers that flatten the tree once for several purposes)."""
     occurrences = graphdef.occurrences()
     # Values that hold one Ref are one group too: two Variables of different kinds
     # around one Ref, or a Variable and the raw Ref (`flatten` already merges

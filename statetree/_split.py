@@ -16,7 +16,7 @@ from ._graph import GraphDef, Path
 from ._state import State, _StateKeys
 from ._variables import Variable
 
-__all__ = ["split", "merge", "state", "update"]
+__all__ = ["split", "merge", "state", "update", "write"]
 
 _MISSING = object()
 
@@ -289,6 +289,12 @@ def update(tree: Any, *states: State, exact: bool = True) -> None:
       Array([3.], dtype=float32)
     """
     graphdef, targets = _graph.flatten(tree)
+    write(graphdef, targets, states, exact=exact)
+
+
+def write(graphdef: GraphDef, targets: list[Any], states: Sequence[State], *, exact: bool) -> None:
+    """``update`` of the tree that ``_graph.flatten`` turned into ``graphdef`` and
+    ``targets`` (for callers that flatten the tree once for several purposes)."""
     not_a_state = (
         "update(tree, *states): expected States, got {}. Build one with st.state(tree) "
         "or st.State({{path: value}})."

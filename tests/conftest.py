@@ -45,13 +45,14 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 # Rough CPU seconds of the heaviest units on a 2-core machine; a stale figure only costs
 # balance, never a test.
 HEAVY_UNITS = {
+    "tests/test_distributed.py": 90,
     "tests/test_benchmarks.py": 30,
     "tests/test_equinox_examples.py": 45,
-    "tests/test_distributed.py": 25,
     "8 devices": 20,
     "tests/test_optimizer.py": 20,
     "tests/test_equinox_subclasses.py": 30,
     "tests/test_equinox_idioms.py": 15,
+    "tests/test_restore.py": 15,
     "tests/test_equinox_training.py": 12,
     "tests/test_equinox_convert.py": 10,
     "tests/test_equinox_shared.py": 9,

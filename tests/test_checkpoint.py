@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st_h
 
 import statetree as st
-from statetree import _checkpoint, _digest
+from statetree._checkpoint import _digest, _files
 
 
 def make_tree(seed: int = 0) -> dict:
@@ -126,7 +126,7 @@ def test_missing_and_incomplete_checkpoints_are_refused(tmp_path: pathlib.Path) 
     (tmp_path / "partial" / "arrays").mkdir(parents=True)
     with pytest.raises(st.CheckpointError, match="not a complete statetree checkpoint"):
         st.restore(tmp_path / "partial", model)
-    (tmp_path / "partial" / _checkpoint.INDEX).write_text('{"format": "other"}')
+    (tmp_path / "partial" / _files.INDEX).write_text('{"format": "other"}')
     with pytest.raises(st.CheckpointError, match="not a statetree index"):
         st.restore(tmp_path / "partial", model)
 
@@ -137,7 +137,7 @@ def test_a_failed_save_leaves_nothing(tmp_path: pathlib.Path, monkeypatch) -> No
     def fail(tmp: pathlib.Path, final: pathlib.Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(_checkpoint, "_commit", fail)
+    monkeypatch.setattr(_files, "_commit", fail)
     with pytest.raises(OSError, match="disk full"):
         st.save(tmp_path / "ckpt", model)
     assert os.listdir(tmp_path) == []
@@ -158,7 +158,7 @@ def test_an_interrupted_overwrite_keeps_the_previous_checkpoint(
             renames.append(dst)
         real_rename(src, dst)
 
-    monkeypatch.setattr(_checkpoint.os, "rename", rename_once)
+    monkeypatch.setattr(_files.os, "rename", rename_once)
     with pytest.raises(KeyboardInterrupt):
         st.save(tmp_path / "ckpt", model, overwrite=True)
     monkeypatch.undo()
@@ -269,9 +269,9 @@ def intact(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def _edit_index(ckpt: pathlib.Path, change) -> None:
-    index = json.loads((ckpt / _checkpoint.INDEX).read_text())
+    index = json.loads((ckpt / _files.INDEX).read_text())
     change(index)
-    (ckpt / _checkpoint.INDEX).write_text(json.dumps(index))
+    (ckpt / _files.INDEX).write_text(json.dumps(index))
 
 
 def _rechecksum(index: dict) -> None:
@@ -417,3 +417,24 @@ def test_restore_inside_jit_says_why(tmp_path: pathlib.Path) -> None:
         with pytest.raises(TypeError, match=r"restore: called inside jax.jit.*outside"):
             call()
     assert model["w"].value.tolist() == [1.0, 1.0]
+
+
+def test_save_and_restore_flatten_the_live_tree_once(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import statetree._graph as graph
+
+    calls = []
+    real = graph.flatten
+
+    def counting(tree: Any) -> Any:
+        calls.append(tree)
+        return real(tree)
+
+    tree = st.mutable(make_tree(0))
+    monkeypatch.setattr(graph, "flatten", counting)
+    st.save(tmp_path / "c", tree)
+    assert sum(t is tree for t in calls) == 1
+    calls.clear()
+    st.restore(tmp_path / "c", tree)
+    assert sum(t is tree for t in calls) == 1

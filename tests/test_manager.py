@@ -5,6 +5,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import threading
 import time
 
 import jax
@@ -149,3 +150,43 @@ def test_a_job_killed_during_an_async_save_resumes_from_the_latest(
         assert manager.all_steps() == [1, 2, 3]
         assert manager.restore(model) == 3
     assert model["w"].value.tolist() == [3.0] * 4 and int(model["step"].value) == 3
+
+
+def test_save_on_preemption_in_one_process(tmp_path: pathlib.Path) -> None:
+    model, step = model_and_step()
+    before = signal.getsignal(signal.SIGTERM)
+    with st.CheckpointManager(
+        tmp_path, save_interval_steps=100, save_on_preemption=True
+    ) as manager:
+        assert signal.getsignal(signal.SIGTERM) is not before  # the manager catches it
+        for i in range(1, 10):
+            step()
+            assert manager.save(i, model) == (i in (1, 5))  # orbax saves a first step
+            if i == 4:
+                os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's preemption notice
+            if manager.preempted:
+                break
+        assert i == 5 and manager.all_steps() == [1, 5]  # the next step, on disk
+        w = np.asarray(model["w"].value).copy()
+    assert signal.getsignal(signal.SIGTERM) is before  # put back by close
+    resumed, _ = model_and_step()
+    with st.CheckpointManager(tmp_path) as manager:
+        assert manager.restore(resumed) == 5
+    np.testing.assert_array_equal(np.asarray(resumed["w"].value), w)
+
+
+def test_save_on_preemption_needs_the_main_thread(tmp_path: pathlib.Path) -> None:
+    errors = []
+
+    def make() -> None:
+        try:
+            st.CheckpointManager(tmp_path, save_on_preemption=True)
+        except ValueError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join(timeout=60)
+    (error,) = errors
+    with pytest.raises(ValueError, match=r"save_on_preemption=True.*main thread"):
+        raise error

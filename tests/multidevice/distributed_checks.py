@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import statetree as st  # noqa: E402
-from statetree import _checkpoint  # noqa: E402
+from statetree._checkpoint import _files  # noqa: E402
 
 directory = pathlib.Path(sys.argv[1])
 role = "pair" if jax.process_count() == 2 else "single"
@@ -157,7 +157,7 @@ if role == "pair":
         (directory / "killme").touch()
         time.sleep(600)  # killed here
 
-    _checkpoint._commit = hang
+    _files._commit = hang
     model, optimizer = build(0, False)
     st.save(directory / "killed", (model, optimizer))
     os._exit(3)  # never reached: process 0 hangs in _commit, process 1 at the barrier

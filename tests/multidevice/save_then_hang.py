@@ -12,7 +12,7 @@ import time
 import jax.numpy as jnp
 
 import statetree as st
-from statetree import _checkpoint
+from statetree._checkpoint import _files
 
 directory = pathlib.Path(sys.argv[1])
 model = st.mutable({"w": st.Param(jnp.arange(6.0)), "step": jnp.array(1)})
@@ -28,6 +28,6 @@ def hang(tmp: pathlib.Path, final: pathlib.Path) -> None:
     time.sleep(600)  # killed here
 
 
-_checkpoint._commit = hang
+_files._commit = hang
 st.save(directory / "step_2", model)
 raise SystemExit("the parent should have killed this process")

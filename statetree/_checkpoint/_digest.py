@@ -1,4 +1,4 @@
-"""Checkpoint digests and the few cross-process steps a checkpoint needs.
+"""Checkpoint digests: one number per value, the same for any layout and process count.
 
 A value's digest must not depend on how the value was laid out when it was saved: a
 checkpoint written by N processes (each holding some shards) is verified by M processes
@@ -7,7 +7,7 @@ machine word of the array is hashed together with its global position (splitmix6
 the hashes are added modulo 2**64. A sum does not care about order or grouping, so
 
 - each process hashes only the shards it holds (one replica of each: ``replica_id`` 0),
-- the per-process partial sums are added across processes (one ``process_allgather``),
+- the per-process partial sums are added across processes (``_processes.sum_across``),
 
 and the result is the same for any sharding and any number of processes. One flipped
 bit changes one word's hash completely; a swapped pair of elements changes two; so a
@@ -23,12 +23,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
-__all__ = ["digests", "packed_digests", "index_checksum", "is_primary", "barrier", "same_token"]
+from . import _processes
 
-_BLOCK = 1 << 20  # words hashed per NumPy step (bounds the temporary memory)
+__all__ = ["digests", "packed_digests", "index_checksum"]
+
+_BLOCK = 1 << 17  # words hashed per NumPy step (bounds the temporary memory: ~1 MiB each)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SALT = np.uint64(0x5851F42D4C957F2D)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -83,7 +84,8 @@ def _partial(block: np.ndarray, starts: tuple[int, ...], shape: tuple[int, ...])
         at = (starts[0] + r, *starts[1:])
         position = _positions(at, part.shape, shape).reshape(-1, 1) * np.uint64(per)
         position = (position + np.arange(per, dtype=np.uint64)).reshape(-1)
-        total = total + np.sum(_hash(words, position), dtype=np.uint64)
+        with np.errstate(over="ignore"):  # wrapping: the sum is modulo 2**64
+            total = total + np.sum(_hash(words, position), dtype=np.uint64)
     return int(total)
 
 
@@ -103,13 +105,19 @@ def digests(arrays: Sequence[Any]) -> list[str]:
     """The digest of each array (NumPy or ``jax.Array``, sharded or not), the same
     whatever the arrays' layouts and however many processes hold them. Every process
     calls it with its view of the same global arrays."""
-    partial = np.array([_local(a) for a in arrays], dtype=np.uint64)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    return combine(shares(arrays))
 
-        gathered = multihost_utils.process_allgather(partial.view(np.uint32))
-        partial = np.sum(np.asarray(gathered, np.uint32).view(np.uint64), axis=0, dtype=np.uint64)
-    return [_format(int(d)) for d in np.atleast_1d(partial)]  # 1-D (typed for checkers)
+
+def shares(arrays: Sequence[Any]) -> list[int]:
+    """This process's share of each array's digest (``combine`` adds the processes')."""
+    return [_local(a) for a in arrays]
+
+
+def combine(shares: Sequence[int]) -> list[str]:
+    """The digests whose shares, on every process, are ``shares`` (one meeting of the
+    processes for any number of values)."""
+    total = _processes.sum_across(np.array(shares, dtype=np.uint64))
+    return [_format(int(d)) for d in np.atleast_1d(total)]  # 1-D (typed for checkers)
 
 
 def packed_digests(buffer: np.ndarray, sizes: Sequence[int]) -> list[str]:
@@ -143,27 +151,3 @@ def index_checksum(body: dict[str, Any]) -> str:
     """sha256 of an index's contents, written canonically (sorted keys, no spaces)."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-# ------------------------------------------------------------------ processes
-def is_primary() -> bool:
-    """Whether this process writes the files every process shares (process 0)."""
-    return jax.process_index() == 0
-
-
-def barrier(name: str) -> None:
-    """Wait until every process reaches ``name`` (nothing to wait for in one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def same_token() -> str:
-    """A random token, the same on every process (process 0's, broadcast)."""
-    token = np.frombuffer(np.random.default_rng().bytes(8), np.uint32)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        token = np.asarray(multihost_utils.broadcast_one_to_all(token), np.uint32)
-    return "".join(f"{int(t):08x}" for t in token)

@@ -31,19 +31,13 @@ import shutil
 import uuid
 from typing import Any
 
-from . import _digest
-from ._ckpt_index import (
-    CheckpointError,
-    _orbax,
-    check_index,
-    damaged,
-    finish,
-    fit,
-    prepare,
-    refuse_inside_jit,
-)
+from . import _orbax, _processes
+from ._failures import CheckpointError, refuse_inside_jit
+from ._index import Live, encode
+from ._processes import PEER_TIMEOUT, check_timeout
+from ._restore import restore_into
 
-__all__ = ["save", "restore", "CheckpointError"]
+__all__ = ["save", "restore", "INDEX", "ARRAYS"]
 
 INDEX = "statetree.json"
 ARRAYS = "arrays"
@@ -53,13 +47,10 @@ _OLD = ".statetree-old-"  # the previous checkpoint while `overwrite=True` swaps
 PathLike = str | os.PathLike[str]
 
 
-def _checkpointer(ocp: Any) -> Any:
-    # Synchronous: when `save` returns, the values are on disk.
-    return ocp.Checkpointer(ocp.StandardCheckpointHandler())
-
-
 # ---------------------------------------------------------------------------- save
-def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
+def save(
+    path: PathLike, tree: Any, *, overwrite: bool = False, peer_timeout: float = PEER_TIMEOUT
+) -> None:
     """Save the state of ``tree`` to the directory ``path`` (orbax-checkpoint).
 
     The checkpoint appears at ``path`` complete or not at all: it is written into a
@@ -79,9 +70,15 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
       tree: a live tree (Variables, raw Refs and arrays; other leaves are structure and
         are not saved), or a State such as ``st.state(model, st.Param)``.
       overwrite: replace an existing checkpoint at ``path``, once the new one is complete.
+      peer_timeout: under ``jax.distributed``, how long (seconds) to wait for another
+        process at a point where the processes meet before raising ``st.PeerError``
+        naming it (it died or hangs).
 
     Raises:
       CheckpointError: ``path`` exists and ``overwrite`` is False.
+      PeerError: another process of the job died or hangs (named); every checkpoint
+        committed before is intact.
+      ValueError: ``peer_timeout`` is not a positive number.
       TypeError: a value is traced (``save`` runs outside ``jax.jit``), or a path has a
         key other than ``str`` and ``int``.
       ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
@@ -96,7 +93,7 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
       >>> model["w"][...]
       Array([1., 1., 1.], dtype=float32)
     """
-    ocp = _orbax()
+    ocp = _orbax.orbax()
     refuse_inside_jit("save")
     final = pathlib.Path(path).absolute()
     if final.exists() and not overwrite:
@@ -105,25 +102,30 @@ def save(path: PathLike, tree: Any, *, overwrite: bool = False) -> None:
             "one directory per step), or pass overwrite=True to replace it once the new "
             "checkpoint is complete."
         )
-    index, stored = prepare(tree)
+    with _processes.coordinated("st.save", check_timeout("save", peer_timeout)):
+        _save(ocp, final, tree)
+
+
+def _save(ocp: Any, final: pathlib.Path, tree: Any) -> None:
+    index, stored = encode(Live.of(tree))
     # Every process writes into the same working directory: one name, agreed on.
-    token = _digest.same_token()
+    token = _processes.same_token()
     tmp = final.parent / f".{final.name}{_TMP}{token}"
-    primary = _digest.is_primary()
+    primary = _processes.is_primary()
     if primary:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-    _digest.barrier(f"statetree-save-begin-{token}")
+    _processes.barrier(f"statetree-save-begin-{token}")
     try:
         if stored:
-            _checkpointer(ocp).save(tmp / ARRAYS, args=ocp.args.StandardSave(stored))
+            _orbax.checkpointer(ocp).save(tmp / ARRAYS, args=ocp.args.StandardSave(stored))
         if primary:
             with open(tmp / INDEX, "w") as f:
                 json.dump(index, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
             _commit(tmp, final)
-        _digest.barrier(f"statetree-save-end-{token}")
+        _processes.barrier(f"statetree-save-end-{token}")
     except BaseException:
         if primary:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -152,7 +154,7 @@ def _fsync_dir(directory: pathlib.Path) -> None:
 
 
 # ---------------------------------------------------------------------------- restore
-def _read_index(final: pathlib.Path) -> dict[str, Any]:
+def _read_index(final: pathlib.Path) -> Any:
     siblings = sorted(final.parent.glob(f".{final.name}{_TMP}*")) if final.parent.exists() else []
     olds = sorted(final.parent.glob(f".{final.name}{_OLD}*")) if final.parent.exists() else []
     if _TMP in final.name or _OLD in final.name:
@@ -185,22 +187,10 @@ def _read_index(final: pathlib.Path) -> dict[str, Any]:
             "path it was given; was it written by another tool, copied partially, or "
             "damaged?"
         ) from None
-    return check_index(index, final / INDEX)
+    return index
 
 
-def read_arrays(ocp: Any, directory: pathlib.Path, targets: dict[str, Any], where: Any) -> Any:
-    """orbax's restore of ``targets`` from ``directory``; any failure to read them (a
-    missing or damaged file) is a CheckpointError naming the checkpoint."""
-    if not targets:
-        return {}
-    try:
-        return _checkpointer(ocp).restore(directory, args=ocp.args.StandardRestore(targets))
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise damaged(where, f"orbax cannot read its arrays ({type(e).__name__}: {reason})") from e
-
-
-def restore(path: PathLike, tree: Any) -> None:
+def restore(path: PathLike, tree: Any, *, peer_timeout: float = PEER_TIMEOUT) -> None:
     """Restore the checkpoint at ``path`` into ``tree``'s mutable Variables, in place.
 
     The index is compared with the live tree first: the same paths, kinds, shapes,
@@ -217,12 +207,16 @@ def restore(path: PathLike, tree: Any) -> None:
       path: a directory written by :func:`save`.
       tree: the live tree, made mutable (``st.mutable``), or a State of its mutable
         Variables (such as ``st.state(model, st.Param)`` when that State was saved).
+      peer_timeout: as for :func:`save`.
 
     Raises:
       CheckpointError: no complete, intact checkpoint at ``path``: never written, an
         unfinished save's working directory, an interrupted overwrite, or damaged files
         (a value whose digest does not match is named); the message says which.
       StructureError: the tree does not fit the checkpoint (every difference is named).
+      PeerError: another process of the job died or hangs (named); the files are not
+        at fault and the tree is unchanged.
+      ValueError: ``peer_timeout`` is not a positive number.
       TypeError: called inside ``jax.jit`` (files cannot be part of a computation).
       ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
 
@@ -236,10 +230,11 @@ def restore(path: PathLike, tree: Any) -> None:
       >>> rng["bf16"][...], rng["key"].dtype
       (Array([1, 1], dtype=bfloat16), key<fry>)
     """
-    ocp = _orbax()
-    refuse_inside_jit("restore")
+    ocp = _orbax.orbax()
     final = pathlib.Path(path).absolute()
-    index = _read_index(final)
-    targets = fit(index, tree, final)
-    arrays = read_arrays(ocp, final / ARRAYS, targets, final)
-    finish(index, arrays, tree, final)
+
+    def read_arrays(targets: dict[str, Any]) -> Any:
+        return _orbax.read_arrays(ocp, final / ARRAYS, targets, final)
+
+    with _processes.coordinated("st.restore", check_timeout("restore", peer_timeout)):
+        restore_into(tree, final, lambda: _read_index(final), read_arrays)

@@ -23,7 +23,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from . import _checkpoint as _ckpt
+from . import _orbax
+from ._failures import CheckpointError, refuse_inside_jit
+from ._index import Live, encode
+from ._preemption import Preemption
+from ._processes import PEER_TIMEOUT, check_timeout, coordinated
+from ._restore import restore_into
 
 __all__ = ["CheckpointManager"]
 
@@ -51,10 +56,23 @@ class CheckpointManager:
         step. ``should_save(step)`` answers for a given step.
       async_save: ``save`` returns once the state is snapshotted and digested; the
         files are written in the background (``wait_until_finished`` waits).
+      peer_timeout: under ``jax.distributed``, how long (seconds) a method waits for
+        another process before raising ``st.PeerError`` naming it (it died or hangs).
+      save_on_preemption: on SIGTERM (a scheduler's preemption notice) to the job's
+        processes, the next ``save(step, ...)`` that every process reaches writes that
+        step whatever the interval, waits until it is on disk, and sets ``preempted``:
+        leave the training loop then, and the relaunched job resumes from that step.
+        Call ``save`` at every step. On a ``jax.distributed`` job the step is agreed on
+        by JAX's preemption service; in one process the manager catches SIGTERM itself
+        (create it in the main thread).
+
+    Attributes:
+      preempted: True once ``save`` wrote the step at which a preemption notice
+        reached every process (``save_on_preemption``): the job should exit now.
 
     Raises:
-      ValueError: ``best_mode`` is not ``"max"`` or ``"min"``, or ``max_to_keep`` is
-        below 1.
+      ValueError: ``best_mode`` is not ``"max"`` or ``"min"``, ``max_to_keep`` is
+        below 1, or ``peer_timeout`` is not a positive number.
       ImportError: orbax-checkpoint (the ``checkpoint`` extra) is not installed.
 
     Examples:
@@ -81,6 +99,8 @@ class CheckpointManager:
         best_mode: str = "max",
         save_interval_steps: int = 1,
         async_save: bool = True,
+        peer_timeout: float = PEER_TIMEOUT,
+        save_on_preemption: bool = False,
     ) -> None:
         if best_mode not in ("max", "min"):
             raise ValueError(
@@ -92,7 +112,10 @@ class CheckpointManager:
                 f"CheckpointManager(max_to_keep={max_to_keep}): keep at least one step, "
                 "or pass None to keep them all."
             )
-        ocp = _ckpt._orbax()
+        self.peer_timeout = check_timeout("CheckpointManager", peer_timeout)
+        self.preempted = False
+        self._preemption = Preemption() if save_on_preemption else None
+        ocp = _orbax.orbax()
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
         self.best_metric = best_metric
@@ -102,6 +125,8 @@ class CheckpointManager:
             best_mode=best_mode,
             save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save,
+            # orbax's background commit waits for every process at most this long.
+            async_options=ocp.options.AsyncOptions(timeout_secs=max(1, round(self.peer_timeout))),
             create=True,
         )
         self._manager = ocp.CheckpointManager(
@@ -142,7 +167,10 @@ class CheckpointManager:
         """Save the state of ``tree`` as ``step``; return whether it was written.
 
         With ``async_save`` (the default) this returns once the values are snapshotted
-        and digested; training may go on, in place, while the files are written.
+        and digested; training may go on, in place, while the files are written. With
+        ``save_on_preemption``, the step at which a preemption notice (SIGTERM) has
+        reached every process is written whatever the interval and waited for, and
+        ``preempted`` becomes True: stop training and exit.
 
         Args:
           step: the step number (larger than every saved step).
@@ -155,8 +183,9 @@ class CheckpointManager:
           TypeError: called inside ``jax.jit``, or a value is traced.
           ValueError: ``best_metric`` is set and ``metrics`` lacks it.
         """
-        _ckpt.refuse_inside_jit("save")
-        if not force and not self.should_save(step):
+        refuse_inside_jit("save")
+        preempted = self._preemption is not None and self._preemption.reached(step, self._manager)
+        if not (preempted or force or self.should_save(step)):
             return False
         if self.best_metric is not None and self.best_metric not in (metrics or {}):
             raise ValueError(
@@ -164,7 +193,20 @@ class CheckpointManager:
                 f"by {self.best_metric!r}, which metrics does not hold ({metrics!r}). Pass "
                 f"metrics={{{self.best_metric!r}: value}}."
             )
-        index, stored = _ckpt.prepare(tree)
+        if not preempted:
+            with self._coordinated("save"):
+                return self._save(step, tree, metrics, force=force)
+        with self._coordinated("save"):
+            saved = step in self._manager.all_steps()  # the notice came right after a save
+            written = saved or self._save(step, tree, metrics, force=True)
+            self._manager.wait_until_finished()  # on disk before the job goes away
+        self.preempted = True
+        return written
+
+    def _save(
+        self, step: int, tree: Any, metrics: Mapping[str, Any] | None, *, force: bool
+    ) -> bool:
+        index, stored = encode(Live.of(tree))
         ocp = self._ocp
         args = ocp.args.Composite(
             arrays=ocp.args.StandardSave(stored), index=ocp.args.JsonSave(index)
@@ -172,8 +214,14 @@ class CheckpointManager:
         return bool(self._manager.save(step, args=args, metrics=metrics, force=force))
 
     def wait_until_finished(self) -> None:
-        """Wait until every save started so far is on disk."""
-        self._manager.wait_until_finished()
+        """Wait until every save started so far is on disk.
+
+        Raises:
+          PeerError: another process of the job died or hangs (named); the step being
+            written is not listed, and the steps before it are intact.
+        """
+        with self._coordinated("wait_until_finished"):
+            self._manager.wait_until_finished()
 
     # ------------------------------------------------------------------ restore
     def restore(self, tree: Any, step: int | None = None) -> int:
@@ -183,46 +231,48 @@ class CheckpointManager:
         Raises:
           CheckpointError: no step saved (or not ``step``), or its files are damaged.
           StructureError: the tree does not fit the checkpoint (every difference named).
+          PeerError: another process of the job died or hangs (named); the files are
+            not at fault and the tree is unchanged.
           TypeError: called inside ``jax.jit``.
         """
-        _ckpt.refuse_inside_jit("restore")
-        self.wait_until_finished()
+        refuse_inside_jit("restore")
+        with self._coordinated("restore"):
+            return self._restore(tree, step)
+
+    def _restore(self, tree: Any, step: int | None) -> int:
+        self._manager.wait_until_finished()
         steps = self.all_steps()
         if step is None:
             step = self.latest_step()
         if step is None or step not in steps:
-            raise _ckpt.CheckpointError(
+            raise CheckpointError(
                 f"CheckpointManager.restore: no step {'' if step is None else step} in "
                 f"{self.directory} (saved steps: {steps or 'none'}). Start from scratch "
                 "when latest_step() is None; otherwise restore one of the saved steps."
             )
         where = os.path.join(self.directory, str(step))
-        ocp = self._ocp
-        try:
+        ocp, manager, at = self._ocp, self._manager, step
+
+        def read_index() -> Any:
             args = ocp.args.Composite(index=ocp.args.JsonRestore())
-            index = self._manager.restore(step, args=args)["index"]
-        except Exception as e:
-            raise _ckpt.damaged(where, f"its index cannot be read ({type(e).__name__})") from e
-        _ckpt.check_index(index, where)
-        targets = _ckpt.fit(index, tree, where)
-        arrays: Any = {}
-        if targets:
-            try:
-                arrays = self._manager.restore(
-                    step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(targets))
-                )["arrays"]
-            except Exception as e:
-                reason = (str(e).strip().splitlines() or [""])[0][:300]
-                raise _ckpt.damaged(
-                    where, f"orbax cannot read its arrays ({type(e).__name__}: {reason})"
-                ) from e
-        _ckpt.finish(index, arrays, tree, where)
+            return _orbax.read("index", where, lambda: manager.restore(at, args=args)["index"])
+
+        def read_arrays(targets: dict[str, Any]) -> Any:
+            return _orbax.read_arrays(ocp, os.path.join(where, "arrays"), targets, where)
+
+        restore_into(tree, where, read_index, read_arrays)
         return step
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         """Wait for pending saves and release orbax's resources."""
-        self._manager.close()
+        with self._coordinated("close"):
+            self._manager.close()
+        if self._preemption is not None:
+            self._preemption.close()
+
+    def _coordinated(self, method: str) -> Any:
+        return coordinated(f"CheckpointManager.{method}", self.peer_timeout)
 
     def __enter__(self) -> "CheckpointManager":
         return self
