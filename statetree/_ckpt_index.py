@@ -21,11 +21,10 @@ from collections import defaultdict
 from typing import Any
 
 import jax
-import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import numpy as np
 
-from . import _digest, _storage
+from . import _digest, _jax, _storage
 from ._aliases import find_aliases
 from ._errors import Misfit, StateTreeError, StructureError, format_path, misfit_report
 from ._split import state as _state
@@ -73,7 +72,7 @@ def _read(value: Any) -> Any:
 
 
 def _refuse_traced(verb: str, path: Any, array: Any) -> None:
-    if isinstance(array, jax.core.Tracer):
+    if _jax.is_tracer(array):
         raise TypeError(
             f"{verb}: the value at {format_path(path)} is traced: st.{verb} reads and "
             "writes files, which cannot happen inside jax.jit or another transform (the "
@@ -165,7 +164,7 @@ def prepare(tree: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def refuse_inside_jit(verb: str) -> None:
     """``save``/``restore`` touch files: refuse them while ``jax.jit`` traces."""
-    if isinstance(jnp.zeros(()), jax.core.Tracer):
+    if not _jax.top_level():
         raise TypeError(
             f"{verb}: called inside jax.jit, while it traces a function. st.{verb} reads "
             "and writes files, which cannot be part of a compiled computation (the function is "

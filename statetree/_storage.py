@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-from jax.core import Tracer
 
 from . import _bulk
+from ._jax import Tracer
 
 __all__ = [
     "is_storage",

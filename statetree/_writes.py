@@ -12,11 +12,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer
 
-from . import _storage
-from ._bulk import top_level as _top_level  # whether no transform is tracing now
+from . import _jax, _storage
 from ._errors import UnreadableValueError, VariableIndexError, VariableWriteError
+from ._jax import Tracer
 
 __all__ = ["check_index", "check_readable", "coerce", "family", "scalar", "unreadable"]
 
@@ -147,8 +146,7 @@ def unreadable(x: Any) -> str | None:
             )
         return None
     if isinstance(x, Tracer):
-        trace = getattr(x, "_trace", None)
-        if _top_level() or (trace is not None and not trace.is_valid()):
+        if _jax.escaped(x):
             return (
                 "is a tracer that escaped the jax.jit/grad/vmap call that made it "
                 "(stored on an object or a global during tracing). Return the value from "

@@ -132,16 +132,22 @@ def _many(n: int = 40) -> dict[str, object]:
 def test_many_refs_freeze_to_snapshots_and_update_in_place(
     fast: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from statetree import _bulk
+    from statetree import _bulk, _jax
 
     assert _bulk.MIN_GROUP <= 40
     if not fast:  # a JAX without the buffer attribute: the public jitted paths
-        monkeypatch.setattr(_bulk, "_buffer", lambda ref: None)
+        monkeypatch.setattr(_jax, "buffer", lambda ref: None)
     batches: list[int] = []
     for name in ("_copy_arrays", "_read_refs", "_write_refs"):
         jitted = getattr(_bulk, name)
         spy = lambda *args, _f=jitted: batches.append(len(args[0])) or _f(*args)
         monkeypatch.setattr(_bulk, name, spy)
+    copy_to = _bulk._copy_to  # copies committed to a sharding (JAX >= 0.11.2's buffers)
+    monkeypatch.setattr(
+        _bulk,
+        "_copy_to",
+        lambda s: lambda arrays: batches.append(len(arrays)) or copy_to(s)(arrays),
+    )
     tree = _many()
     frozen = st.freeze(tree)
     unboxed = st.unbox(tree)
