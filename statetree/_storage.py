@@ -153,8 +153,17 @@ def write_at(raw: Any, idx: Any, value: Any) -> None:
     sharding = _explicit_sharding(current)
     if sharding is None:
         new = current.at[idx].set(value)
-    else:
+    elif isinstance(current, Tracer):
         new = current.at[idx].set(value, out_sharding=sharding)
+    else:
+        # Eagerly, JAX 0.12.1's `out_sharding=` no longer wraps the scatter in
+        # `auto_axes` (it reshards the update instead, which fails): wrap it here, on
+        # the storage's own mesh, on every JAX.
+        def scatter(array: Any, update: Any) -> Any:
+            return array.at[idx].set(update)
+
+        with jax.set_mesh(sharding.mesh):
+            new = jax.sharding.auto_axes(scatter, out_sharding=sharding.spec)(current, value)
     raw[...] = new
 
 
