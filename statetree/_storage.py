@@ -159,11 +159,11 @@ def write_at(raw: Any, idx: Any, value: Any) -> None:
         # Eagerly, JAX 0.12.1's `out_sharding=` no longer wraps the scatter in
         # `auto_axes` (it reshards the update instead, which fails): wrap it here, on
         # the storage's own mesh, on every JAX.
-        def scatter(array: Any, update: Any) -> Any:
-            return array.at[idx].set(update)
+        def scatter(pair: tuple[Any, Any]) -> Any:
+            return pair[0].at[idx].set(pair[1])
 
         with jax.set_mesh(sharding.mesh):
-            new = jax.sharding.auto_axes(scatter, out_sharding=sharding.spec)(current, value)
+            new = jax.sharding.auto_axes(scatter, out_sharding=sharding.spec)((current, value))
     raw[...] = new
 
 
