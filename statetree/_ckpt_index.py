@@ -24,13 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _digest, _jax, _storage
+from . import _digest, _jax
 from ._aliases import find_aliases
 from ._errors import Misfit, StateTreeError, StructureError, format_path, misfit_report
 from ._split import state as _state
 from ._split import update as _update
 from ._state import State
 from ._variables import Variable
+from ._write import storage as _storage
 
 __all__ = ["CheckpointError", "prepare", "check_index", "fit", "finish", "damaged"]
 

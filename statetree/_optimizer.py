@@ -28,7 +28,7 @@ import jax.tree_util as jtu
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _graph, _jax, _packed, _storage
+from . import _graph, _jax, _packed
 from ._convert import mutable
 from ._errors import (
     FrozenVariableError,
@@ -40,10 +40,11 @@ from ._errors import (
 )
 from ._filters import PathContains, filter_repr, to_predicate
 from ._graph import Path, PathKey
-from ._plan import WritePlan
 from ._split import state as _state
 from ._state import State
 from ._variables import OptState, Param, Variable
+from ._write import WritePlan
+from ._write import storage as _storage
 
 __all__ = ["Optimizer"]
 

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _plan, _storage, _writes
 from ._array_ops import ArrayBehaviour
 from ._config import mutable_arrays_enabled
 from ._errors import RefValueError, UnreadableValueError, VariableWriteError
@@ -24,6 +23,9 @@ from ._errors import RefValueError, UnreadableValueError, VariableWriteError
 # among them means a mutable Variable was given to `jax.grad` & co.
 from ._jax import AD_TRACERS as _AD_TRACERS
 from ._jax import Tracer
+from ._write import plan as _plan
+from ._write import rules as _writes
+from ._write import storage as _storage
 
 __all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable"]
 

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _jax, _storage
+from . import _jax
 from ._errors import StructureError
+from ._write import storage as _storage
 
 __all__ = ["View", "Where"]
 

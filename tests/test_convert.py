@@ -132,7 +132,8 @@ def _many(n: int = 40) -> dict[str, object]:
 def test_many_refs_freeze_to_snapshots_and_update_in_place(
     fast: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from statetree import _bulk, _jax
+    from statetree import _jax
+    from statetree._write import bulk as _bulk
 
     assert _bulk.MIN_GROUP <= 40
     if not fast:  # a JAX without the buffer attribute: the public jitted paths
@@ -171,7 +172,7 @@ def test_many_refs_freeze_to_snapshots_and_update_in_place(
 
 
 def test_many_refs_last_write_to_one_ref_wins() -> None:
-    from statetree import _storage
+    from statetree._write import storage as _storage
 
     refs = [jax.new_ref(jnp.zeros(2)) for _ in range(20)]
     writes = [(r, jnp.full(2, 1.0)) for r in refs] + [(refs[3], jnp.full(2, 5.0))]
@@ -184,7 +185,7 @@ def test_many_refs_last_write_to_one_ref_wins() -> None:
 
 
 def test_many_refs_take_numpy_values_in_one_transfer() -> None:
-    from statetree import _storage
+    from statetree._write import storage as _storage
 
     refs = [jax.new_ref(jnp.zeros(2, jnp.float32)) for _ in range(20)]
     values = [np.full(2, i, np.float32) for i in range(20)]
@@ -194,7 +195,7 @@ def test_many_refs_take_numpy_values_in_one_transfer() -> None:
 
 
 def test_many_refs_cut_into_power_of_two_chunks() -> None:
-    from statetree import _bulk
+    from statetree._write import bulk as _bulk
 
     sizes = [len(c) for c in _bulk._chunks(list(range(2 * _bulk.CHUNK + 13)))]
     assert sizes == [_bulk.CHUNK, _bulk.CHUNK, 8, 4, 1]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import statetree as st
-from statetree import _bulk, _jax
+from statetree import _jax
+from statetree._write import bulk as _bulk
 
 
 def test_am_i_tracing_is_asked_one_way_and_agrees_with_the_public_spelling() -> None:

@@ -13,11 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _jax, _storage
-from ._errors import UnreadableValueError, VariableIndexError, VariableWriteError
-from ._jax import Tracer
+from .. import _jax
+from .._errors import UnreadableValueError, VariableIndexError, VariableWriteError
+from .._jax import Tracer
+from . import _storage
 
-__all__ = ["check_index", "check_readable", "coerce", "family", "scalar", "unreadable"]
+__all__ = ["check_index", "coerce", "family", "require_readable", "scalar", "unreadable"]
 
 # NumPy's `same_kind` casting as a ranking of dtype families: a value may be written into
 # a Variable whose family ranks the same or higher.
@@ -159,7 +160,7 @@ def unreadable(x: Any) -> str | None:
     return None
 
 
-def check_readable(x: Any, describe: Callable[[], str]) -> None:
+def require_readable(x: Any, describe: Callable[[], str]) -> None:
     """Raise :class:`UnreadableValueError` when ``x`` cannot be read (see
     :func:`unreadable`); ``describe()`` names what it is."""
     reason = unreadable(x)

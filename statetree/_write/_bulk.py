@@ -1,36 +1,12 @@
-"""Eager reads and writes of many concrete ``jax.Ref``s at once.
+"""Eager reads and writes of many concrete ``jax.Ref``s at once: grouped by type and
+sharding, one jitted copy per chunk of up to :data:`CHUNK` (power-of-two sizes, so a
+group compiles a handful of functions), then handed to the Refs through the JAX door
+(:func:`statetree._jax.replace_all`). Why, the floor it meets, and the fast-path
+contract: README.md beside this file ("The bulk layer", "The fast-path contract").
 
-Outside a trace, ``ref[...]`` and ``ref[...] = x`` are each a separate JAX dispatch
-(tens of microseconds), so ``st.freeze`` or ``st.update`` of 100,000 Variables spent
-seconds in them, 100x more than ``jax.tree_util`` needs to flatten and unflatten the
-same tree. Here they are grouped by shape, dtype and sharding, and each group goes
-through one jitted call per chunk of up to :data:`CHUNK` Refs. Chunks have power-of-two
-sizes, so a group compiles at most a handful of functions, which ``jax.jit`` caches for
-every later call.
-
-- Reads copy each Ref's current buffer in one call per chunk. The buffer is the array a
-  concrete ``jax.Ref`` keeps (:func:`statetree._jax.buffer`). A copy is required: a
-  later in-place step writes into that buffer. Where JAX keeps the buffer elsewhere,
-  the Refs themselves go to one jitted read per chunk (JAX dispatches a Ref argument
-  on a slower path: a few times slower, still far from one dispatch per Ref).
-- Writes copy the new values in one call per chunk, each copy matching its Ref's buffer
-  exactly (type, weak type, sharding, committed-ness), and hand the copies to the
-  buffers through :func:`statetree._jax.replace_all`, which checks every pair before
-  the first lands. The copy is fresh, so the Ref never shares memory with the caller's
-  array. Where that door refuses, the Refs and values go to one jitted function per
-  chunk that writes them (JAX's own write).
-
-That copy, one fresh array per Ref, is the floor of an eager freeze or update: JAX
-donates a Ref's buffer to the next jitted call that writes the Ref, so no snapshot
-may share it, and no Ref may share the caller's array. ``benchmarks/bench_scale.py``
-times it beside the tree operations. The common case (every buffer and value a plain
-``jax.Array``: the ones of a tree made by ``st.mutable``) is checked and grouped in
-C-level passes over the lists, not one Python step per Ref.
-
-Only outside every transform: inside ``jax.jit`` a Ref the function closes over is read
-and written when the compiled function runs, so there each Ref goes through JAX's own
+Only outside every transform: inside ``jax.jit`` each Ref goes through JAX's own
 ``ref[...]`` (a copy taken here would be a constant of the trace). Groups smaller than
-:data:`MIN_GROUP` go one by one too: a few Refs are not worth a compile.
+:data:`MIN_GROUP` go one by one: a few Refs are not worth a compile.
 """
 
 import functools
@@ -42,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _jax
-from ._jax import ARRAY, top_level
+from .. import _jax
+from .._jax import ARRAY, top_level
 
 __all__ = [
     "ARRAY",

@@ -18,8 +18,8 @@ from typing import Any
 
 import jax
 
+from .._jax import Tracer
 from . import _bulk
-from ._jax import Tracer
 
 __all__ = [
     "is_storage",
@@ -133,11 +133,9 @@ def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
 
 
 def write_checked(refs: list[Any], values: list[Any], types: Any, buffers: list[Any]) -> None:
-    """Whole-value writes ``refs[i][...] = values[i]`` into concrete ``jax.Ref``s that
-    the write plan's fast path accepted, with no check made again: each value a
-    concrete array of its Ref's type and sharding (copied in one call per chunk), or a
-    NumPy array of its shape and dtype (one transfer each); ``buffers`` are the arrays
-    the Refs keep and ``types`` theirs (``statetree._bulk.buffers``, ``array_types``)."""
+    """Whole-value writes ``refs[i][...] = values[i]`` that the write plan accepted
+    under the fast-path contract (README.md beside this file), not checked again:
+    ``buffers`` are the arrays the Refs keep and ``types`` theirs."""
     _bulk.write_checked(refs, values, types, buffers)
 
 
