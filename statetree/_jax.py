@@ -108,8 +108,9 @@ AD_TRACERS: tuple[type, ...] = _ad_tracers()
 # The one way statetree asks. Private: ``jax._src.core.trace_ctx.is_top_level()`` (one
 # attribute read). Public spelling: the opaque trace state
 # (``jax.extend.core.get_opaque_trace_state``) compared with the one seen at import
-# (statetree is imported outside every transform). Checked at import: where the private
-# one is missing or disagrees with the public one, the public one answers.
+# (statetree is normally imported outside every transform). Checked at import: where
+# the private one is missing, gives no bool, or disagrees with the public one, the
+# public one answers.
 _TOP_STATE = jax.extend.core.get_opaque_trace_state()
 
 
@@ -124,10 +125,13 @@ def _top_level_private() -> Any:
         return None
     check = getattr(trace_ctx, "is_top_level", None)
     try:
-        if check is None or check() is not True or not _top_level_public():
-            return None  # pragma: no cover - changed in another JAX
+        answer = check() if callable(check) else None
     except Exception:  # pragma: no cover - changed in another JAX
         return None
+    if not isinstance(answer, bool):
+        return None  # pragma: no cover - changed in another JAX
+    if answer and not _top_level_public():
+        return None  # pragma: no cover - the two disagree: the public one answers
     return check
 
 
@@ -234,8 +238,8 @@ def _replace_probe() -> tuple[bool, bool]:
         try:
             buf._replace_with(other)
         except Exception:
-            return True, True
-        return True, bool(buf.committed != other.committed)
+            return True, True  # refused for its committed-ness alone: JAX checks it
+        return True, False
     except Exception:  # pragma: no cover - changed in another JAX
         return False, False
 

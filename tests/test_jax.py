@@ -160,3 +160,18 @@ def test_restore_of_host_values_lands_through_the_door(monkeypatch: pytest.Monke
     values[0][...] = 9.0  # the Refs hold copies, not the caller's NumPy memory
     assert landed == [len(refs)] or not _jax.replace_works()[0]
     assert all(r[...].tolist() == [5.0] * 3 for r in refs)
+
+
+def test_a_jax_without_the_replacement_writes_through_the_public_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a JAX release that drops or changes ``_replace_with`` gets: the first-use
+    check says no, and every bulk write goes through JAX's own jitted write."""
+    monkeypatch.setattr(_jax, "_replace_probe", lambda: (False, False))
+    public: list[int] = []
+    write = _bulk._write_refs
+    monkeypatch.setattr(_bulk, "_write_refs", lambda r, v: public.append(len(r)) or write(r, v))
+    tree = _tree()
+    st.update(tree, st.state({k: jnp.full((3,), 4.0, jnp.float32) for k in tree}))
+    assert sum(public) == len(tree)
+    assert all(v[...].tolist() == [4.0] * 3 for v in tree.values())
