@@ -5,13 +5,43 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench docs clean
+.PHONY: demo test test-newest typecheck-newest lint typecheck bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# The newest end of the supported range (README, "Install"): Python 3.13 with the JAX
+# stack pinned in constraints/newest.txt (bumped on purpose, so an upstream release never
+# turns CI red on its own), in its own .venv-newest. Python 3.13 comes from pyenv
+# (`pyenv root`/versions/3.13.*, the newest patch release) or from python3.13 on PATH;
+# PYTHON_NEWEST=/path/to/python3.13 overrides both.
+NEWEST := .venv-newest
+NEWEST_STAMP := $(NEWEST)/.installed
+PYTHON_NEWEST ?= $(shell { ls -d "$$(pyenv root 2>/dev/null)"/versions/3.13.*/bin/python 2>/dev/null \
+	| sort -V | tail -n 1; command -v python3.13; } 2>/dev/null | head -n 1)
+
+$(NEWEST_STAMP): pyproject.toml constraints/newest.txt
+	@if [ -z "$(PYTHON_NEWEST)" ] || ! "$(PYTHON_NEWEST)" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null; then \
+		echo "make test-newest: no Python 3.13 found (looked for \`pyenv root\`/versions/3.13.*/bin/python" >&2; \
+		echo "and python3.13 on PATH; PYTHON_NEWEST='$(PYTHON_NEWEST)'). Install it with" >&2; \
+		echo "'pyenv install 3.13', or run: make test-newest PYTHON_NEWEST=/path/to/python3.13" >&2; \
+		exit 1; \
+	fi
+	"$(PYTHON_NEWEST)" -m venv $(NEWEST)
+	$(NEWEST)/bin/pip install --quiet --upgrade pip
+	$(NEWEST)/bin/pip install --quiet -e ".[dev]" -c constraints/newest.txt
+	touch $(NEWEST_STAMP)
+
+# The suite on the newest end (lint and pyright run once, on the default end: `make test`).
+test-newest: $(NEWEST_STAMP)
+	$(NEWEST)/bin/python -m pytest -q -n 2 --dist loadgroup
+
+# pyright on the package and adapters against the newest end's JAX (its stubs change).
+typecheck-newest: $(NEWEST_STAMP)
+	$(NEWEST)/bin/pyright --pythonpath $(NEWEST)/bin/python --pythonversion 3.13
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -40,4 +70,4 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) build site *.egg-info
+	rm -rf $(VENV) $(NEWEST) build site *.egg-info

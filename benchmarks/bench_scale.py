@@ -47,7 +47,7 @@ from benchmarks._harness import row, time_many_us
 WORKLOAD = "W6 eager ops at scale"
 BASELINE = "jax.tree_util flatten+unflatten"
 FLOOR = "floor: fresh copies of n arrays (one jitted copy per chunk)"
-CHUNK = 256  # arrays per jitted copy, as statetree._bulk copies them
+CHUNK = 256  # arrays per jitted copy, as statetree._write.bulk copies them
 RESTORE = "st.restore (checkpoint of the tree)"
 
 

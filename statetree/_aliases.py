@@ -7,10 +7,11 @@ that happens; ``st.split`` deduplicates them and ``st.merge`` restores them.
 
 from typing import Any
 
-from . import _graph, _storage
+from . import _graph
 from ._errors import AliasError, format_path
 from ._graph import Path
 from ._variables import Variable
+from ._write import storage as _storage
 
 __all__ = ["find_aliases", "check_aliases", "alias_groups"]
 

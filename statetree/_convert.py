@@ -12,12 +12,15 @@ from typing import Any, Literal, TypeVar, overload
 
 import jax.numpy as jnp
 
-from . import _bulk, _graph, _packed, _plan, _storage
+from . import _graph, _packed
 from ._errors import VariableWriteError
 from ._filters import needs_path, to_predicate
 from ._graph import GraphDef
 from ._packed import Packed
 from ._variables import _UNHOLDABLE_FIX, Variable, unholdable
+from ._write import bulk as _bulk
+from ._write import plan as _plan
+from ._write import storage as _storage
 
 __all__ = ["mutable", "freeze", "unbox"]
 

@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from . import _storage
 from ._errors import format_path
 from ._variables import Variable
+from ._write import storage as _storage
 
 __all__ = ["value_summary", "graphdef_repr"]
 

@@ -23,13 +23,12 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import jax
-import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _graph, _packed, _storage
+from . import _graph, _jax, _packed
 from ._convert import mutable
 from ._errors import (
     FrozenVariableError,
@@ -41,10 +40,11 @@ from ._errors import (
 )
 from ._filters import PathContains, filter_repr, to_predicate
 from ._graph import Path, PathKey
-from ._plan import WritePlan
 from ._split import state as _state
 from ._state import State
 from ._variables import OptState, Param, Variable
+from ._write import WritePlan
+from ._write import storage as _storage
 
 __all__ = ["Optimizer"]
 
@@ -76,7 +76,7 @@ def _mesh_home(params: Any) -> NamedSharding | None:
     on one device; ``jax.jit`` refuses to mix such a Ref with Refs spread over a mesh.
     """
     for value in params:
-        sharding = None if isinstance(value, jax.core.Tracer) else getattr(value, "sharding", None)
+        sharding = None if _jax.is_tracer(value) else getattr(value, "sharding", None)
         if isinstance(sharding, NamedSharding) and len(sharding.device_set) > 1:
             return NamedSharding(sharding.mesh, PartitionSpec(), memory_kind=sharding.memory_kind)
     return None
@@ -84,7 +84,7 @@ def _mesh_home(params: Any) -> NamedSharding | None:
 
 def _place(value: Any, home: NamedSharding | None) -> Any:
     """``value``, moved to ``home`` unless it is traced or already spread over devices."""
-    if home is None or isinstance(value, jax.core.Tracer):
+    if home is None or _jax.is_tracer(value):
         return value
     sharding = getattr(value, "sharding", None)  # None for NumPy values
     if sharding is not None and len(sharding.device_set) > 1:

@@ -27,14 +27,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _graph, _storage, _views
+from . import _graph, _views
 from ._errors import RefValueError, StructureError
 from ._graph import GraphDef
-from ._variables import _AD_TRACERS, Variable
+from ._jax import AD_TRACERS as _AD_TRACERS
+from ._jax import Tracer
+from ._variables import Variable
 from ._views import View, Where
+from ._write import storage as _storage
 
 __all__ = ["Packed", "pack", "from_tree", "assemble"]
 

@@ -34,10 +34,8 @@ import threading
 from typing import Any
 
 import jax
-import jax.extend.core
-from jax.core import Tracer
 
-from ._bulk import top_level
+from ._jax import Tracer, top_level, trace_state
 
 __all__ = ["forget", "live", "recall", "remember", "remember_all"]
 
@@ -78,7 +76,7 @@ def remember_all(writes: list[tuple[Any, Any]]) -> None:
     # Under jax.checking_leaks a tracer kept here past its trace would be reported as
     # leaked: nothing is remembered, and reads after writes get no gradient back.
     keep = not _checking_leaks()
-    trace = jax.extend.core.get_opaque_trace_state()
+    trace = trace_state()
     for raw, value in writes:
         if not isinstance(raw, jax.Ref):
             continue
@@ -120,7 +118,7 @@ def recall(raw: Any) -> Any:
     hit = written.values.get(id(raw))
     if hit is None or hit[0] is not raw:
         return None
-    if written.trace != jax.extend.core.get_opaque_trace_state():
+    if written.trace != trace_state():
         return None
     return _graft(raw[...], hit[1])
 

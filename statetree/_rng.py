@@ -19,10 +19,10 @@ from typing import Any, NoReturn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer
 
 from ._errors import FrozenVariableError
 from ._graph import register_node
+from ._jax import Tracer
 from ._variables import Variable
 
 __all__ = ["Rng", "Rngs"]

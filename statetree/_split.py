@@ -9,12 +9,13 @@ and come back as one object, so a write through one path is seen through the oth
 from collections.abc import Sequence
 from typing import Any, overload
 
-from . import _graph, _plan
+from . import _graph
 from ._errors import Misfit, StructureError, misfit_report
 from ._filters import bucket
 from ._graph import GraphDef, Path
 from ._state import State, _StateKeys
 from ._variables import Variable
+from ._write import plan as _plan
 
 __all__ = ["split", "merge", "state", "update", "write"]
 

@@ -14,23 +14,21 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jax.core import Tracer
 
-from . import _plan, _recall, _storage, _writes
+from . import _recall
 from ._array_ops import ArrayBehaviour
 from ._config import mutable_arrays_enabled
 from ._errors import RefValueError, UnreadableValueError, VariableWriteError
 
+# Tracer types JAX hands a differentiated function (statetree._jax.AD_TRACERS). A Ref
+# among them means a mutable Variable was given to `jax.grad` & co.
+from ._jax import AD_TRACERS as _AD_TRACERS
+from ._jax import Tracer
+from ._write import plan as _plan
+from ._write import rules as _writes
+from ._write import storage as _storage
+
 __all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable"]
-
-# Tracer types JAX hands a differentiated function. A Ref among them means a mutable
-# Variable was given to `jax.grad` & co., which JAX cannot differentiate.
-try:
-    from jax._src.interpreters.ad import JVPTracer, LinearizeTracer
-
-    _AD_TRACERS: tuple[type, ...] = (JVPTracer, LinearizeTracer)
-except ImportError:  # pragma: no cover - private names moved; JAX's own error remains
-    _AD_TRACERS = ()
 
 
 class Variable(ArrayBehaviour, _plan.Box):

@@ -12,14 +12,13 @@ import threading
 from typing import Any
 
 import jax
-import jax.core  # jax.core.Tracer below; an explicit import for type checkers
-import jax.extend.core
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from . import _storage
+from . import _jax
 from ._errors import StructureError
+from ._write import storage as _storage
 
 __all__ = ["View", "Where"]
 
@@ -56,7 +55,7 @@ class View:
 
     @property
     def is_traced(self) -> bool:
-        return isinstance(self.buffer, jax.core.Tracer)
+        return _jax.is_tracer(self.buffer)
 
     def __getitem__(self, idx: Any) -> Any:
         value = _recall(self)
@@ -138,7 +137,7 @@ def _like_buffer(buffer: Any, value: Any) -> Any:
     if not _explicit(buffer):
         return value
     sharding = jax.typeof(buffer).sharding
-    if isinstance(buffer, jax.core.Tracer):
+    if _jax.is_tracer(buffer):
         return jax.sharding.reshard(value, sharding)
     return jax.device_put(value, buffer.sharding)
 
@@ -172,10 +171,10 @@ def _remember(view: View, value: Any) -> None:
     """After a whole-slot write of ``value`` into ``view``: remember it if traced (and
     not on a mesh with explicit axes, where a read from the buffer has the buffer's
     layout as its type, which the value written need not have)."""
-    if not isinstance(view.buffer, jax.core.Tracer) or _explicit(view.buffer):
+    if not _jax.is_tracer(view.buffer) or _explicit(view.buffer):
         return
     written = _WRITTEN
-    trace = jax.extend.core.get_opaque_trace_state()
+    trace = _jax.trace_state()
     if written.trace != trace:
         written.trace, written.values = trace, {}
     written.values[(id(view.buffer), view.where)] = (view.buffer, value)
@@ -189,7 +188,7 @@ def _recall(view: View) -> Any:
     hit = written.values.get((id(view.buffer), view.where))
     if hit is None or hit[0] is not view.buffer:
         return None
-    if written.trace != jax.extend.core.get_opaque_trace_state():
+    if written.trace != _jax.trace_state():
         return None
     return hit[1]
 

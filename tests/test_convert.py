@@ -132,16 +132,23 @@ def _many(n: int = 40) -> dict[str, object]:
 def test_many_refs_freeze_to_snapshots_and_update_in_place(
     fast: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from statetree import _bulk
+    from statetree import _jax
+    from statetree._write import bulk as _bulk
 
     assert _bulk.MIN_GROUP <= 40
     if not fast:  # a JAX without the buffer attribute: the public jitted paths
-        monkeypatch.setattr(_bulk, "_buffer", lambda ref: None)
+        monkeypatch.setattr(_jax, "buffer", lambda ref: None)
     batches: list[int] = []
     for name in ("_copy_arrays", "_read_refs", "_write_refs"):
         jitted = getattr(_bulk, name)
         spy = lambda *args, _f=jitted: batches.append(len(args[0])) or _f(*args)
         monkeypatch.setattr(_bulk, name, spy)
+    copy_to = _bulk._copy_to  # copies committed to a sharding (JAX >= 0.11.2's buffers)
+    monkeypatch.setattr(
+        _bulk,
+        "_copy_to",
+        lambda s: lambda arrays: batches.append(len(arrays)) or copy_to(s)(arrays),
+    )
     tree = _many()
     frozen = st.freeze(tree)
     unboxed = st.unbox(tree)
@@ -165,7 +172,7 @@ def test_many_refs_freeze_to_snapshots_and_update_in_place(
 
 
 def test_many_refs_last_write_to_one_ref_wins() -> None:
-    from statetree import _storage
+    from statetree._write import storage as _storage
 
     refs = [jax.new_ref(jnp.zeros(2)) for _ in range(20)]
     writes = [(r, jnp.full(2, 1.0)) for r in refs] + [(refs[3], jnp.full(2, 5.0))]
@@ -178,7 +185,7 @@ def test_many_refs_last_write_to_one_ref_wins() -> None:
 
 
 def test_many_refs_take_numpy_values_in_one_transfer() -> None:
-    from statetree import _storage
+    from statetree._write import storage as _storage
 
     refs = [jax.new_ref(jnp.zeros(2, jnp.float32)) for _ in range(20)]
     values = [np.full(2, i, np.float32) for i in range(20)]
@@ -188,7 +195,7 @@ def test_many_refs_take_numpy_values_in_one_transfer() -> None:
 
 
 def test_many_refs_cut_into_power_of_two_chunks() -> None:
-    from statetree import _bulk
+    from statetree._write import bulk as _bulk
 
     sizes = [len(c) for c in _bulk._chunks(list(range(2 * _bulk.CHUNK + 13)))]
     assert sizes == [_bulk.CHUNK, _bulk.CHUNK, 8, 4, 1]

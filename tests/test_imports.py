@@ -45,8 +45,9 @@ def _graph() -> dict[str, set[str]]:
         if name == "statetree":
             continue
         targets = {t for t in _imports(path, name) if t in modules and t != "statetree"}
-        # A subpackage importing its own submodules (its re-exports) is no cycle.
-        edges[name] = {t for t in targets if not t.startswith(name + ".")}
+        # A subpackage importing its own submodules (its re-exports, `from . import _x
+        # as x`, which names the package itself too) is no cycle.
+        edges[name] = {t for t in targets if t != name and not t.startswith(name + ".")}
     return edges
 
 

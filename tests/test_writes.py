@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 import statetree as st
-from statetree import _plan
+from statetree._write import plan as _plan
 
 # ----------------------------------------------------------------- 14.1 remat
 

@@ -13,10 +13,9 @@ Three different causes, three different messages, because each has a different f
 
 from typing import Any
 
-import jax.numpy as jnp
-
-from .. import _storage
+from .. import _jax
 from .._errors import StateTreeError, format_path
+from .._write import storage as _storage
 
 __all__ = ["CheckpointError", "PeerError", "damaged", "refuse_inside_jit", "refuse_traced"]
 
@@ -76,7 +75,7 @@ def damaged(where: Any, why: str) -> CheckpointError:
 
 def refuse_inside_jit(verb: str) -> None:
     """``save``/``restore`` touch files: refuse them while ``jax.jit`` traces."""
-    if _storage.is_traced(jnp.zeros(())):
+    if not _jax.top_level():
         raise TypeError(
             f"{verb}: called inside jax.jit, while it traces a function. st.{verb} reads "
             "and writes files, which cannot be part of a compiled computation (the function is "

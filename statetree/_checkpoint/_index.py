@@ -21,11 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _graph, _storage
+from .. import _graph
 from .._aliases import alias_groups
 from .._errors import format_path
 from .._graph import Path
 from .._variables import Variable
+from .._write import storage as _storage
 from . import _digest
 from ._failures import CheckpointError, damaged, refuse_traced
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _jax
 from ._failures import CheckpointError, PeerError
 
 __all__ = [
@@ -53,9 +54,7 @@ _POLL_MS = 100  # one blocking read of the key-value store, between checks for f
 
 def _client() -> Any:
     """The job's coordination-service client (None outside ``jax.distributed``)."""
-    from jax._src import distributed  # the one place statetree reaches it
-
-    return distributed.global_state.client
+    return _jax.coordination_client()
 
 
 def _count() -> int:

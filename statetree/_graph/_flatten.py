@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from .. import _storage
 from .._errors import StructureError
 from .._variables import Variable
+from .._write import storage as _storage
 from . import _nodes
 from ._graphdef import GraphDef, _Node, _Part
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import jax
 import numpy as np
 
-from . import _bulk, _recall, _storage, _writes
-from ._errors import (
+from .. import _recall
+from .._errors import (
     FrozenVariableError,
     RefValueError,
     StateTreeError,
@@ -33,7 +33,8 @@ from ._errors import (
     UnreadableValueError,
     format_path,
 )
-from ._errors import _lines as cut_lines  # long lists cut after a count, as everywhere
+from .._errors import _lines as cut_lines  # long lists cut after a count, as everywhere
+from . import _bulk, _rules, _storage
 
 __all__ = ["Box", "WritePlan", "check_readable", "write_one"]
 
@@ -106,7 +107,7 @@ def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any, boo
             "the tree holds a bare array here, which cannot be written in place; make "
             "the tree mutable first: tree = st.mutable(tree)"
         )
-    _writes.check_readable(raw, describe)
+    _rules.require_readable(raw, describe)
     if isinstance(new, Box):
         if exact and isinstance(target, Box) and type(new) is not type(target):
             raise StructureError(
@@ -116,7 +117,7 @@ def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any, boo
             kind = type(new).__name__
             raise StructureError(f"the tree holds a raw Ref here, the State a {kind}")
         new = new._raw
-    reason = _writes.unreadable(new)
+    reason = _rules.unreadable(new)
     if reason is not None:
         raise UnreadableValueError(f"Cannot write into {describe()}: the value {reason}.")
     if _storage.is_storage(new):
@@ -124,7 +125,7 @@ def prepare(target: Any, new: Any, idx: Any, exact: bool) -> tuple[Any, Any, boo
     if exact:
         value = _exact(raw, new)
     else:
-        value = _writes.coerce(new, raw.dtype, tuple(raw.shape), idx, describe)
+        value = _rules.coerce(new, raw.dtype, tuple(raw.shape), idx, describe)
     return raw, value, differentiable
 
 
@@ -260,13 +261,9 @@ class WritePlan:
             self._traced.append((raw, value))
 
     def add_all(self, targets: Sequence[Any], news: Sequence[Any], paths: Sequence[Any]) -> None:
-        """:meth:`add` for each ``(target, new, path)``. The common case, every target a
-        mutable Variable holding a concrete ``jax.Ref`` and every value a concrete array
-        (or a Variable of the target's kind around one) of exactly the target's type
-        (weak typing included) and sharding, is checked in C-level passes over the
-        lists (:func:`_accepted`, for :data:`statetree._bulk.MIN_GROUP` values or
-        more); anything else goes value by value through :meth:`add`, with its checks
-        and messages."""
+        """:meth:`add` for each ``(target, new, path)``; pairs that meet the fast-path
+        contract (README.md beside this file) are checked in C-level passes over the
+        lists (:func:`_accepted`), anything else value by value through :meth:`add`."""
         accepted = _accepted(targets, news)
         if accepted is None:
             for target, new, path in zip(targets, news, paths, strict=True):
@@ -279,11 +276,6 @@ class WritePlan:
     def refuse(self, path: Any, problem: StateTreeError) -> None:
         """Record a problem found by the caller (an extra path, a conflict)."""
         self._problems.append((path, problem))
-
-    @property
-    def ok(self) -> bool:
-        """Whether every write added so far can be made."""
-        return not self._problems
 
     def commit(self) -> None:
         """Carry out every planned write, or none: raise when any write was refused."""
@@ -319,7 +311,7 @@ def check_readable(values: list[Any], paths: Callable[[], tuple[Path, ...]], who
     the values' paths; it is called only when one is refused."""
     refuse_values(
         values,
-        _writes.unreadable,
+        _rules.unreadable,
         paths,
         UnreadableValueError,
         f"{who}: {{n}} value(s) cannot be read; nothing was converted:",

@@ -12,13 +12,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.core import Tracer
 
+from .. import _jax
+from .._errors import UnreadableValueError, VariableIndexError, VariableWriteError
+from .._jax import Tracer
 from . import _storage
-from ._bulk import top_level as _top_level  # whether no transform is tracing now
-from ._errors import UnreadableValueError, VariableIndexError, VariableWriteError
 
-__all__ = ["check_index", "check_readable", "coerce", "family", "scalar", "unreadable"]
+__all__ = ["check_index", "coerce", "family", "require_readable", "scalar", "unreadable"]
 
 # NumPy's `same_kind` casting as a ranking of dtype families: a value may be written into
 # a Variable whose family ranks the same or higher.
@@ -147,8 +147,7 @@ def unreadable(x: Any) -> str | None:
             )
         return None
     if isinstance(x, Tracer):
-        trace = getattr(x, "_trace", None)
-        if _top_level() or (trace is not None and not trace.is_valid()):
+        if _jax.escaped(x):
             return (
                 "is a tracer that escaped the jax.jit/grad/vmap call that made it "
                 "(stored on an object or a global during tracing). Return the value from "
@@ -161,7 +160,7 @@ def unreadable(x: Any) -> str | None:
     return None
 
 
-def check_readable(x: Any, describe: Callable[[], str]) -> None:
+def require_readable(x: Any, describe: Callable[[], str]) -> None:
     """Raise :class:`UnreadableValueError` when ``x`` cannot be read (see
     :func:`unreadable`); ``describe()`` names what it is."""
     reason = unreadable(x)

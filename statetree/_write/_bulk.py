@@ -1,48 +1,25 @@
-"""Eager reads and writes of many concrete ``jax.Ref``s at once.
+"""Eager reads and writes of many concrete ``jax.Ref``s at once: grouped by type and
+sharding, one jitted copy per chunk of up to :data:`CHUNK` (power-of-two sizes, so a
+group compiles a handful of functions), then handed to the Refs through the JAX door
+(:func:`statetree._jax.replace_all`). Why, the floor it meets, and the fast-path
+contract: README.md beside this file ("The bulk layer", "The fast-path contract").
 
-Outside a trace, ``ref[...]`` and ``ref[...] = x`` are each a separate JAX dispatch
-(tens of microseconds), so ``st.freeze`` or ``st.update`` of 100,000 Variables spent
-seconds in them, 100x more than ``jax.tree_util`` needs to flatten and unflatten the
-same tree. Here they are grouped by shape, dtype and sharding, and each group goes
-through one jitted call per chunk of up to :data:`CHUNK` Refs. Chunks have power-of-two
-sizes, so a group compiles at most a handful of functions, which ``jax.jit`` caches for
-every later call.
-
-- Reads copy each Ref's current buffer in one call per chunk. The buffer is the array a
-  concrete ``jax.Ref`` keeps (JAX's own attribute ``_refs._buf``: read only, never
-  written here). A copy is required: a later in-place step writes into that buffer.
-  Where JAX keeps the buffer elsewhere (another JAX version), the Refs themselves go
-  to one jitted read per chunk (JAX dispatches a Ref argument on a slower path, so
-  that is a few times slower, still far from one dispatch per Ref).
-- Writes copy the new values in one call per chunk and hand each copy to its Ref's
-  buffer with ``_replace_with``: what JAX itself does with the output of a jitted
-  call that wrote a Ref (``jax/_src/interpreters/pxla.py``). The copy is fresh, so
-  the Ref never shares memory with the caller's array. Where JAX has no such buffer,
-  the Refs and values go to one jitted function per chunk that writes them.
-
-That copy, one fresh array per Ref, is the floor of an eager freeze or update: JAX
-donates a Ref's buffer to the next jitted call that writes the Ref, so no snapshot
-may share it, and no Ref may share the caller's array. ``benchmarks/bench_scale.py``
-times it beside the tree operations. The common case (every buffer and value a plain
-``jax.Array``: the ones of a tree made by ``st.mutable``) is checked and grouped in
-C-level passes over the lists, not one Python step per Ref.
-
-Only outside every transform: inside ``jax.jit`` a Ref the function closes over is read
-and written when the compiled function runs, so there each Ref goes through JAX's own
+Only outside every transform: inside ``jax.jit`` each Ref goes through JAX's own
 ``ref[...]`` (a copy taken here would be a constant of the trace). Groups smaller than
-:data:`MIN_GROUP` go one by one too: a few Refs are not worth a compile.
+:data:`MIN_GROUP` go one by one: a few Refs are not worth a compile.
 """
 
-import importlib
+import functools
 import operator
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.core  # jax.core.Tracer below; an explicit import for type checkers
 import jax.numpy as jnp
 import numpy as np
+
+from .. import _jax
+from .._jax import ARRAY, top_level
 
 __all__ = [
     "ARRAY",
@@ -66,65 +43,21 @@ CHUNK = 256
 MIN_GROUP = 16
 
 
-class _NoArray:  # no object has this type: where JAX moved ArrayImpl, the general path
-    def is_deleted(self) -> bool:
-        return True
-
-
-def _array_type() -> Any:
-    """The type of a concrete ``jax.Array``: ``type(x) is ARRAY`` is one C comparison,
-    where ``isinstance(x, jax.Array)`` goes through JAX's metaclass."""
-    try:
-        from jax._src.array import ArrayImpl
-    except ImportError:  # pragma: no cover - moved in another JAX
-        return _NoArray
-    return ArrayImpl
-
-
-ARRAY: Any = _array_type()
-
-
-try:  # whether no transform is tracing now
-    from jax._src.core import trace_ctx as _trace_ctx
-
-    def top_level() -> bool:
-        """True outside every JAX transform (no ``jit``, ``grad``, ``vmap`` tracing)."""
-        return bool(_trace_ctx.is_top_level())
-
-except ImportError:  # pragma: no cover - private names moved: Ref by Ref
-
-    def top_level() -> bool:
-        """True outside every JAX transform; unknown here, so False (Ref by Ref)."""
-        return False
-
-
-# What arrays copied in one call share: type (weak typing included) and sharding. For
-# concrete arrays only (type ARRAY): `_sharding` is the attribute behind `sharding`.
+# What arrays copied in one call share: type (weak typing included) and sharding.
 _aval_of = operator.attrgetter("aval")
-_sharding_of = operator.attrgetter("_sharding")
 
 Types = tuple[list[Any], list[Any]]  # the avals and the shardings of a list of arrays
 
 
 def array_types(arrays: Sequence[Any]) -> Types:
     """The aval (type, weak typing included) and the sharding of each concrete array."""
-    return list(map(_aval_of, arrays)), list(map(_sharding_of, arrays))
-
-
-def _equal_all(xs: list[Any], ys: list[Any]) -> bool:
-    """``xs[i] == ys[i]`` for every ``i``, comparing each distinct pair of objects once
-    (a tree's arrays share a few aval and sharding objects; their ``==`` is Python)."""
-    if len(xs) != len(ys):
-        return False
-    ids = zip(map(id, xs), map(id, ys), strict=True)
-    pairs = dict(zip(ids, zip(xs, ys, strict=True), strict=True))
-    return all(x is y or x == y for x, y in pairs.values())
+    return list(map(_aval_of, arrays)), _jax.shardings(arrays)
 
 
 def same_types(a: Types, b: Types) -> bool:
     """Whether two lists of arrays have, position by position, equal avals and
     shardings (:func:`array_types`)."""
-    return _equal_all(a[0], b[0]) and _equal_all(a[1], b[1])
+    return _jax.all_equal(a[0], b[0]) and _jax.all_equal(a[1], b[1])
 
 
 @jax.jit
@@ -133,6 +66,19 @@ def _copy_arrays(arrays: list[Any]) -> list[Any]:
 
 
 _copy_one = jax.jit(jnp.copy)  # an array alone: jnp.copy's own Python path costs more
+
+
+@functools.cache
+def _copy_to(sharding: Any) -> Any:
+    """:func:`_copy_arrays` whose copies are committed to ``sharding``: what a Ref's
+    committed buffer takes (``jax.new_ref`` commits from JAX 0.11.2)."""
+    return jax.jit(lambda arrays: [jnp.copy(a) for a in arrays], out_shardings=sharding)
+
+
+@functools.cache
+def _copy_one_to(sharding: Any) -> Any:
+    """:data:`_copy_one`, committed to ``sharding``."""
+    return jax.jit(jnp.copy, out_shardings=sharding)
 
 
 @jax.jit
@@ -146,21 +92,10 @@ def _write_refs(refs: list[Any], values: list[Any]) -> None:
         r[...] = v
 
 
-def _buffer(ref: Any) -> Any:
-    """The array a concrete ``jax.Ref`` keeps, or None where JAX keeps it elsewhere."""
-    try:
-        buf = ref._refs._buf
-    except AttributeError:
-        return None
-    if type(buf) is ARRAY:
-        return buf
-    return buf if isinstance(buf, jax.Array) and not isinstance(buf, jax.core.Tracer) else None
-
-
 def buffers(refs: Sequence[Any]) -> list[Any]:
-    """:func:`_buffer` of each of ``refs`` (None for those whose buffer JAX keeps
-    elsewhere)."""
-    return list(map(_buffer, refs))
+    """The array each of ``refs`` keeps (:func:`statetree._jax.buffer`; None for those
+    whose buffer JAX keeps elsewhere)."""
+    return list(map(_jax.buffer, refs))
 
 
 def _chunks(members: list[int]) -> list[list[int]]:
@@ -199,14 +134,21 @@ def _batched(groups: list[list[int]], alone: list[int]) -> tuple[list[list[int]]
     return batched, alone
 
 
-def _grouped_by(types: Types) -> tuple[list[list[int]], list[int]]:
-    """:func:`_grouped` of arrays by their :func:`array_types`, in C-level passes: the
-    objects' ids first (a tree's arrays share a few aval and sharding objects), equal
-    objects then merged, and a stable sort of the group numbers."""
+def _grouped_by(
+    types: Types, flags: list[bool] | None = None
+) -> tuple[list[list[int]], list[int]]:
+    """:func:`_grouped` of arrays by their :func:`array_types` (and ``flags``, when
+    given), in C-level passes: the objects' ids first (a tree's arrays share a few aval
+    and sharding objects), equal objects then merged, and a stable sort of the group
+    numbers."""
     avals, shardings = types
     n = len(avals)
-    ids = list(zip(map(id, avals), map(id, shardings), strict=True))
-    distinct = dict(zip(ids, zip(avals, shardings, strict=True), strict=True))
+    if flags is None:
+        ids = list(zip(map(id, avals), map(id, shardings), strict=True))
+        distinct = dict(zip(ids, zip(avals, shardings, strict=True), strict=True))
+    else:
+        ids = list(zip(map(id, avals), map(id, shardings), flags, strict=True))
+        distinct = dict(zip(ids, zip(avals, shardings, flags, strict=True), strict=True))
     kinds: dict[Any, int] = {}  # equal (aval, sharding) keys of distinct objects: one
     number = {pair: kinds.setdefault(key, len(kinds)) for pair, key in distinct.items()}
     if len(kinds) == 1:
@@ -218,25 +160,36 @@ def _grouped_by(types: Types) -> tuple[list[list[int]], list[int]]:
     return _batched(groups, [])
 
 
-def copy_arrays(arrays: Sequence[Any], types: Types | None = None) -> list[Any] | None:
+def copy_arrays(
+    arrays: Sequence[Any], types: Types | None = None, commit: list[bool] | None = None
+) -> list[Any] | None:
     """Fresh copies of concrete ``jax.Array``s, one jitted call per chunk of arrays of
     one type and sharding; None when some are not plain concrete arrays, or inside a
     transform (the caller then goes its general way). ``types``: their
-    :func:`array_types`, when the caller has them."""
+    :func:`array_types`, when the caller has them. ``commit[i]``: the copy of
+    ``arrays[i]`` is committed to its sharding (what a committed Ref buffer requires);
+    without it, copies are committed where their array is (JAX's rule for outputs)."""
     if not arrays or not top_level():
         return None
     if types is None:
         if not all_arrays(arrays):
             return None
         types = array_types(arrays)
-    batched, alone = _grouped_by(types)
+    flags = None if commit is None or len(set(commit)) == 1 else commit
+    batched, alone = _grouped_by(types, flags)
     out: list[Any] = [None] * len(arrays)
     for chunk in batched:
-        copies = _copy_arrays([arrays[i] for i in chunk])
+        if commit is not None and commit[chunk[0]]:
+            copies = _copy_to(types[1][chunk[0]])([arrays[i] for i in chunk])
+        else:
+            copies = _copy_arrays([arrays[i] for i in chunk])
         for i, copy in zip(chunk, copies, strict=True):
             out[i] = copy
     for i in alone:
-        out[i] = _copy_one(arrays[i])
+        if commit is not None and commit[i]:
+            out[i] = _copy_one_to(types[1][i])(arrays[i])
+        else:
+            out[i] = _copy_one(arrays[i])
     return out
 
 
@@ -265,7 +218,7 @@ def read_refs(refs: Sequence[Any]) -> list[Any]:
     later writes into the Refs do not reach."""
     if not top_level():  # inside a transform: JAX reads each when the function runs
         return [r[...] for r in refs]
-    buffers = list(map(_buffer, refs))
+    buffers = list(map(_jax.buffer, refs))
     fast = not any(map(_is_none, buffers))
     if fast:
         copies = copy_arrays(buffers)
@@ -284,12 +237,6 @@ def read_refs(refs: Sequence[Any]) -> list[Any]:
     for i in alone:
         out[i] = refs[i][...]
     return out
-
-
-def _replaceable(ref: Any) -> Any:
-    """The buffer of ``ref`` if it can take a new array in place, else None."""
-    buf = _buffer(ref)
-    return buf if buf is not None and hasattr(buf, "_replace_with") else None
 
 
 def _key(array: Any) -> Any:
@@ -317,20 +264,39 @@ def _on_device(refs: Sequence[Any], values: Sequence[Any]) -> Sequence[Any]:
     return out
 
 
-def _write_fast(buffers: list[Any], values: Sequence[Any], types: Types | None = None) -> bool:
+_committed = operator.attrgetter("committed")
+
+
+def _write_fast(
+    refs: Sequence[Any], buffers: list[Any], values: Sequence[Any], types: Types | None = None
+) -> bool:
     """The common case of :func:`write_refs`, carried out: every value a concrete array
-    of its Ref's type and sharding (known when the caller gives their ``types``).
-    False (nothing written) when that is not the case."""
+    of its Ref's type and sharding (known when the caller gives their ``types``): one
+    copy per chunk, each copy matching its buffer exactly (committed-ness included),
+    then :func:`statetree._jax.replace_all`, which checks every pair before the first
+    lands. False, nothing written, when that is not the case."""
     if types is None:
         if not (all_arrays(buffers) and all_arrays(values)):
             return False
         types = array_types(values)
         if not same_types(types, array_types(buffers)):
             return False
-    copies = copy_arrays(values, types)
-    if copies is None:
+    # Copies match their buffer's committed-ness where JAX checks it (from 0.11.2).
+    commit = list(map(_committed, buffers)) if _jax.replace_works()[1] else None
+    copies = copy_arrays(values, types, commit)
+    return copies is not None and _land(refs, buffers, copies, types)
+
+
+def _land(refs: Sequence[Any], buffers: list[Any], arrays: list[Any], types: Types) -> bool:
+    """Hand fresh ``arrays`` to the Ref buffers (:func:`statetree._jax.replace_all`).
+    False, nothing written, when the door refuses them. Should JAX refuse a pair the
+    door's checks passed, the rest are written through ``ref[...] =``: the write
+    completes rather than stopping half-applied."""
+    done = _jax.replace_all(buffers, arrays, types)
+    if done == 0:
         return False
-    deque(map(ARRAY._replace_with, buffers, copies), maxlen=0)  # in order: last one wins
+    for ref, array in zip(refs[done:], arrays[done:], strict=True):
+        ref[...] = array
     return True
 
 
@@ -354,26 +320,17 @@ _shape_of = operator.attrgetter("shape")
 _dtype_of = operator.attrgetter("dtype")
 
 
-try:  # JAX's own one-array transfer (what `jax.device_put` ends in), without its
-    # per-array Python work (tens of microseconds)
-    _device_put_one: Any = importlib.import_module("jax._src.lib.xla_client").batched_device_put
-except (ImportError, AttributeError):  # pragma: no cover - moved: the general path
-    _device_put_one = None
-
-
-def _write_host(buffers: list[Any], values: Sequence[Any], types: Types) -> bool:
-    """Write NumPy ``values`` (:func:`host_fits` holds) into the Ref buffers, each by
-    one transfer to its buffer's device that copies (never aliases the caller's NumPy
-    memory, which a later in-place step would write into). False, nothing written,
-    where JAX lacks that transfer."""
-    if _device_put_one is None:
-        return False
-    avals, shardings = types
-    devices = {id(s): next(iter(s.device_set)) for s in shardings}
-    for buf, value, aval, sharding in zip(buffers, values, avals, shardings, strict=True):
-        device = devices[id(sharding)]
-        buf._replace_with(_device_put_one(aval, sharding, [value], [device], True, True))
-    return True
+def _write_host(
+    refs: Sequence[Any], buffers: list[Any], values: Sequence[Any], types: Types
+) -> bool:
+    """Write NumPy ``values`` (:func:`host_fits` holds) into the Ref buffers: fresh NumPy
+    copies (a CPU device may alias host memory, even with ``may_alias=False`` on JAX
+    0.10.2, and the caller's arrays must stay theirs), one batched ``jax.device_put``
+    onto the buffers' shardings, then :func:`_land`. False, nothing written, where the
+    door refuses."""
+    fresh = [np.array(v, copy=True) for v in values]
+    placed = jax.device_put(fresh, types[1], may_alias=False)
+    return _land(refs, buffers, placed, types)
 
 
 def write_checked(
@@ -386,9 +343,9 @@ def write_checked(
     (:func:`host_fits`: what a checkpoint restore writes); ``refs_buffers`` are the
     buffers (:func:`buffers`). The last write to a Ref wins."""
     if values and type(values[0]) is np.ndarray:
-        if top_level() and _write_host(refs_buffers, values, types):
+        if top_level() and _write_host(refs, refs_buffers, values, types):
             return
-    elif _write_fast(refs_buffers, values, types):
+    elif _write_fast(refs, refs_buffers, values, types):
         return
     write_refs(refs, values)
 
@@ -401,32 +358,21 @@ def write_refs(refs: Sequence[Any], values: Sequence[Any]) -> None:
         for ref, value in zip(refs, values, strict=True):
             ref[...] = value
         return
-    buffers = list(map(_replaceable, refs))
-    if _write_fast(buffers, values):
+    buffers = list(map(_jax.buffer, refs))
+    if _write_fast(refs, buffers, values):
         return
     values = _on_device(refs, values)
-    fast = not any(map(_is_none, buffers))
     keys: list[Any] = []
-    for ref, buf, value in zip(refs, buffers, values, strict=True):
-        if not isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer):
+    for ref, value in zip(refs, values, strict=True):
+        if not isinstance(value, jax.Array) or _jax.is_tracer(value):
             keys.append(None)
             continue
-        sharding = value.sharding
-        if fast:
-            target, target_sharding = buf.aval, buf.sharding
-            same = value.aval == target
-        else:
-            target, target_sharding = jax.typeof(ref).inner_aval, ref.sharding
-            same = jax.typeof(value) == target
-        same = same and (sharding is target_sharding or sharding == target_sharding)
+        target, target_sharding = jax.typeof(ref).inner_aval, ref.sharding
+        same = jax.typeof(value) == target
+        same = same and (value.sharding == target_sharding)
         keys.append((target, target_sharding) if same else None)
     batched, alone = _grouped(keys)
-    for chunk in batched:
-        if fast:
-            copies = _copy_arrays([values[i] for i in chunk])
-            for i, copy in zip(chunk, copies, strict=True):
-                buffers[i]._replace_with(copy)
-        else:
-            _write_refs([refs[i] for i in chunk], [values[i] for i in chunk])
+    for chunk in batched:  # JAX's own write: one jitted call per chunk of Refs
+        _write_refs([refs[i] for i in chunk], [values[i] for i in chunk])
     for i in alone:
         refs[i][...] = values[i]

@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-from jax.core import Tracer
 
-from . import _bulk, _recall
+from .. import _recall
+from .._jax import Tracer
+from . import _bulk
 
 __all__ = [
     "is_storage",
@@ -142,11 +143,9 @@ def write_all(writes: Sequence[tuple[Any, Any]]) -> None:
 
 
 def write_checked(refs: list[Any], values: list[Any], types: Any, buffers: list[Any]) -> None:
-    """Whole-value writes ``refs[i][...] = values[i]`` into concrete ``jax.Ref``s that
-    the write plan's fast path accepted, with no check made again: each value a
-    concrete array of its Ref's type and sharding (copied in one call per chunk), or a
-    NumPy array of its shape and dtype (one transfer each); ``buffers`` are the arrays
-    the Refs keep and ``types`` theirs (``statetree._bulk.buffers``, ``array_types``)."""
+    """Whole-value writes ``refs[i][...] = values[i]`` that the write plan accepted
+    under the fast-path contract (README.md beside this file), not checked again:
+    ``buffers`` are the arrays the Refs keep and ``types`` theirs."""
     _bulk.write_checked(refs, values, types, buffers)
 
 
@@ -167,7 +166,17 @@ def set_at(current: Any, idx: Any, value: Any) -> Any:
     sharding = _explicit_sharding(current)
     if sharding is None:
         return current.at[idx].set(value)
-    return current.at[idx].set(value, out_sharding=sharding)
+    if isinstance(current, Tracer):
+        return current.at[idx].set(value, out_sharding=sharding)
+    # Eagerly, JAX 0.12.1's `out_sharding=` no longer wraps the scatter in `auto_axes`
+    # (it reshards the update instead, which fails): wrap it here, on the storage's own
+    # mesh, on every JAX.
+
+    def scatter(pair: tuple[Any, Any]) -> Any:
+        return pair[0].at[idx].set(pair[1])
+
+    with jax.set_mesh(sharding.mesh):
+        return jax.sharding.auto_axes(scatter, out_sharding=sharding.spec)((current, value))
 
 
 def _explicit_sharding(array: Any) -> Any:
