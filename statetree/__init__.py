@@ -27,6 +27,7 @@ from ._graph import register_node as register_node
 from ._manager import CheckpointManager as CheckpointManager
 from ._optimizer import Optimizer as Optimizer
 from ._packed import Packed as Packed
+from ._split import assign as assign
 from ._split import merge as merge
 from ._split import split as split
 from ._split import state as state

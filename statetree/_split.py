@@ -1,4 +1,4 @@
-"""``st.split``, ``st.merge``, ``st.state`` and ``st.update``.
+"""``st.split``, ``st.merge``, ``st.state``, ``st.update`` and ``st.assign``.
 
 ``split`` separates a tree into its static structure (a GraphDef) and its values (one
 State per filter); ``merge`` is the inverse. Eager split/merge copy nothing: the merged
@@ -9,6 +9,9 @@ and come back as one object, so a write through one path is seen through the oth
 from collections.abc import Sequence
 from typing import Any, overload
 
+import jax
+import jax.numpy as jnp
+
 from . import _graph, _plan
 from ._errors import Misfit, StructureError, misfit_report
 from ._filters import bucket
@@ -16,9 +19,7 @@ from ._graph import GraphDef, Path
 from ._state import State, _StateKeys
 from ._variables import Variable
 
-__all__ = ["split", "merge", "state", "update"]
-
-_MISSING = object()
+__all__ = ["split", "merge", "state", "update", "assign"]
 
 
 def split(tree: Any, *filters: Any) -> tuple[Any, ...]:
@@ -303,4 +304,79 @@ def update(tree: Any, *states: State, exact: bool = True) -> None:
     positions = list(chosen)
     news = [new for _, new in chosen.values()]
     plan.add_all([targets[i] for i in positions], news, positions)
+    plan.commit()  # all or nothing; packed views: one write per buffer
+
+
+def _scalar_array(x: Any) -> Any:
+    return jnp.asarray(x) if isinstance(x, (bool, int, float, complex)) else x
+
+
+_is_variable = Variable.__instancecheck__
+
+
+def assign(tree: Any, values: Any) -> None:
+    """Write ``values``, a tree shaped like ``st.unbox(tree)``, into ``tree``'s Variables
+    in place: the tree-level spelling of ``v[...] = new`` for every Variable.
+
+    The effect is that of writing each Variable in turn, with the same checks (NumPy's
+    assignment rules: values broadcast to the Variable's shape, scalars take its dtype),
+    and all of them are made before the first write, so nothing half-applies. A Variable
+    shared by several paths takes the value at its last path, as the loop would leave it.
+
+    Inside ``jax.jit`` on a packed tree (``st.mutable(tree, packed=True)``), every buffer
+    mostly written in small slots takes *one* write of its whole new value, where a
+    Python loop of ``v[...] = new`` writes one slot at a time (XLA runs each slot write as
+    a kernel of its own: on 1,000 small Variables, several times slower than one write;
+    see docs/packed.md). On the default form each Variable is written as by the loop.
+
+    Args:
+      tree: a live tree whose Variables (or raw Refs) are mutable, packed or not.
+      values: a tree of the same structure as ``st.unbox(tree)`` (e.g. the result of
+        ``jax.tree.map`` over it), holding one array (or scalar) per Variable.
+
+    Raises:
+      StructureError: ``values`` has paths ``tree`` lacks or lacks paths it has (the
+        error names them), or the tree holds a frozen Variable or bare array at a path.
+      VariableWriteError: a value does not fit its Variable's shape or dtype.
+      UnreadableValueError: a value is unreadable (a deleted array, an escaped tracer).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, statetree as st
+      >>> ema = st.mutable({"w": jnp.zeros(2), "b": jnp.zeros(1)}, packed=True)
+      >>> @jax.jit
+      ... def step(ema, x):
+      ...     st.assign(ema, jax.tree.map(lambda e: 0.9 * e + 0.1 * x, st.unbox(ema)))
+      >>> step(ema, 1.0)
+      >>> ema["w"][...]
+      Array([0.1, 0.1], dtype=float32)
+    """
+    graphdef, targets = _graph.flatten(tree)
+    # Python scalars are values here (weakly typed: they take the Variable's dtype).
+    values = jax.tree.map(_scalar_array, values, is_leaf=_is_variable)
+    new_def, news = _graph.flatten(values)
+    chosen: dict[int, Any] = {}
+    extra: list[Path] = []
+    for paths, new in zip(new_def.occurrences(), news, strict=True):
+        for path in paths:
+            i = graphdef.find(path)
+            if i is None:
+                extra.append(path)
+            else:
+                chosen.pop(i, None)  # a later path of a shared Variable: the later wins
+                chosen[i] = new
+    missing = [graphdef.paths()[i] for i in range(len(targets)) if i not in chosen]
+    message = misfit_report(
+        "assign(tree, values): values is not shaped like st.unbox(tree).",
+        [
+            ("missing (a Variable of the tree with no value)", missing),
+            ("extra (a value at a path the tree lacks)", extra),
+        ],
+        "Build values from the tree itself, e.g. jax.tree.map(f, st.unbox(tree)), or "
+        "write a subset with st.update(tree, st.State({path: value})).",
+    )
+    if message:
+        raise StructureError(message)
+    plan = _plan.WritePlan("assign", where=lambda i: graphdef.paths()[i])
+    positions = list(chosen)
+    plan.add_all([targets[i] for i in positions], list(chosen.values()), positions)
     plan.commit()  # all or nothing; packed views: one write per buffer
