@@ -6,6 +6,8 @@ tree holds the very Variables the States hold. Shared Variables and Refs are sto
 and come back as one object, so a write through one path is seen through the other.
 """
 
+import itertools
+import operator
 from collections.abc import Sequence
 from typing import Any, overload
 
@@ -145,6 +147,9 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
         keys = states[0]._keys
         if keys.graphdef is graphdef and keys.indices == range(n):
             return states[0]._values
+    placed = _by_index(graphdef, states)
+    if placed is not None:
+        return placed
     not_a_state = (
         what + ": expected States after the GraphDef, got {}. "
         "Pass the States that st.split returned, in any order."
@@ -164,6 +169,30 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
     if message:
         raise StructureError(message)
     return [chosen[i][1] for i in range(n)]
+
+
+_UNSET: Any = object()
+
+
+def _by_index(graphdef: GraphDef, states: Sequence[State]) -> list[Any] | None:
+    """The States' values placed by their indices, when every State was made from
+    ``graphdef`` and together they hold each of its values once (the States of one
+    ``st.split``): no path is looked at. None otherwise (:func:`_resolve` then matches
+    by path and names what does not fit)."""
+    n = graphdef.num_values
+    if not all(isinstance(s, State) and s._keys.graphdef is graphdef for s in states):
+        return None
+    if sum(len(s._values) for s in states) != n:
+        return None
+    out = [_UNSET] * n
+    for s in states:
+        indices = s._keys.indices
+        assert indices is not None  # a State made from a GraphDef has its indices
+        for i, value in zip(indices, s._values, strict=True):
+            out[i] = value
+    # A value given twice leaves another unset (compared by identity: `in` would call
+    # the Variables' array-like `==`).
+    return None if any(map(operator.is_, out, itertools.repeat(_UNSET))) else out
 
 
 def _conflict(first: Path, second: Path) -> Misfit:

@@ -444,3 +444,18 @@ def test_assign_into_a_frozen_variable_names_the_path() -> None:
     tree = {"w": st.Variable(jnp.zeros(2), mutable=False)}
     with pytest.raises(st.FrozenVariableError, match="w"):
         st.assign(tree, {"w": jnp.ones(2)})
+
+
+def test_merge_of_a_filtered_split_looks_at_no_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = model()
+    graphdef, params, rest = st.split(m, st.Param, ...)
+
+    def no_paths(self: st.GraphDef) -> None:
+        raise AssertionError("merge computed the paths")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(st.GraphDef, "paths", no_paths)
+        merged = st.merge(graphdef, rest, params)  # any order
+    assert merged["bn"]["mean"] is m["bn"]["mean"] and merged["act"] == "gelu"
+    with pytest.raises(st.StructureError, match=r"(?s)missing.*\['bn'\].*given twice"):
+        st.merge(graphdef, params, params, st.State({}))
