@@ -32,6 +32,7 @@ Every case times the same step written these ways, each doing exactly the same w
 Timing: the harness's one timer (:func:`benchmarks._harness.time_many_us`).
 """
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -197,7 +198,9 @@ def run(quick: bool, *, counts: Sequence[int] | None = None) -> list[dict[str, A
                 SLOTS: _one_ref(values, new, back, whole=False),
                 WHOLE: _one_ref(values, new, back, whole=True),
             }
-            times = time_many_us({k: (lambda f=f: f(x)) for k, f in impls.items()}, quick=quick)
+            with warnings.catch_warnings():  # the loop's shape is timed on purpose
+                warnings.filterwarnings("ignore", "statetree: a traced function wrote")
+                times = time_many_us({k: (lambda f=f: f(x)) for k, f in impls.items()}, quick=quick)
             case = f"{shape}, {n:,} Variables"
             for impl, us in times.items():
                 rows.append(row(WORKLOAD, case, impl, us, "us", baseline=impl == BASELINE))
