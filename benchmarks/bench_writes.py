@@ -200,7 +200,8 @@ def run(quick: bool, *, counts: Sequence[int] | None = None) -> list[dict[str, A
             }
             with warnings.catch_warnings():  # the loop's shape is timed on purpose
                 warnings.filterwarnings("ignore", "statetree: a traced function wrote")
-                times = time_many_us({k: (lambda f=f: f(x)) for k, f in impls.items()}, quick=quick)
+                calls = {k: (lambda f=f: f(x)) for k, f in impls.items()}
+                times = time_many_us(calls, quick=quick)
             case = f"{shape}, {n:,} Variables"
             for impl, us in times.items():
                 rows.append(row(WORKLOAD, case, impl, us, "us", baseline=impl == BASELINE))
