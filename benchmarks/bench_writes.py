@@ -182,11 +182,15 @@ def _one_ref(values: list[jax.Array], new: Any, back: bool, whole: bool) -> Call
     return lambda x: step(ref, x)
 
 
-def run(quick: bool, *, counts: Sequence[int] | None = None) -> list[dict[str, Any]]:
+def run(
+    quick: bool, *, counts: Sequence[int] | None = None, shapes: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows for each shape (``shapes``: some of :data:`SHAPES`, default all) and count."""
     counts = counts if counts is not None else ((10, 50) if quick else (100, 1000))
     rows = []
     x = jnp.ones((SIZE,))
-    for shape, (make, new, back) in SHAPES.items():
+    for shape in shapes if shapes is not None else SHAPES:
+        make, new, back = SHAPES[shape]
         for n in counts:
             values = make(n)
             impls = {
