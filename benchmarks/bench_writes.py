@@ -32,7 +32,6 @@ Every case times the same step written these ways, each doing exactly the same w
 Timing: the harness's one timer (:func:`benchmarks._harness.time_many_us`).
 """
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -202,10 +201,8 @@ def run(
                 SLOTS: _one_ref(values, new, back, whole=False),
                 WHOLE: _one_ref(values, new, back, whole=True),
             }
-            with warnings.catch_warnings():  # the loop's shape is timed on purpose
-                warnings.filterwarnings("ignore", "statetree: a traced function wrote")
-                calls = {k: (lambda f=f: f(x)) for k, f in impls.items()}
-                times = time_many_us(calls, quick=quick)
+            calls = {k: (lambda f=f: f(x)) for k, f in impls.items()}
+            times = time_many_us(calls, quick=quick)
             case = f"{shape}, {n:,} Variables"
             for impl, us in times.items():
                 rows.append(row(WORKLOAD, case, impl, us, "us", baseline=impl == BASELINE))

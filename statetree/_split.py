@@ -354,9 +354,9 @@ def assign(tree: Any, values: Any) -> None:
 
     Inside ``jax.jit`` on a packed tree (``st.mutable(tree, packed=True)``), every buffer
     mostly written in small slots takes *one* write of its whole new value, where a
-    Python loop of ``v[...] = new`` writes one slot at a time (XLA runs each slot write as
-    a kernel of its own: on 1,000 small Variables, several times slower than one write;
-    see docs/packed.md). On the default form each Variable is written as by the loop.
+    Python loop of ``v[...] = new`` writes one slot at a time, an update kernel each (see
+    docs/packed.md for what each costs). On the default form each Variable is written
+    as by the loop.
 
     Args:
       tree: a live tree whose Variables (or raw Refs) are mutable, packed or not.

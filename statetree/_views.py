@@ -8,10 +8,7 @@ write a buffer once rather than once per Variable.
 """
 
 import functools
-import os
-import sys
 import threading
-import warnings
 from typing import Any
 
 import jax
@@ -88,11 +85,6 @@ class View:
         return value
 
     def __setitem__(self, idx: Any, value: Any) -> None:
-        self._put(idx, value, one_by_one=True)
-
-    def _put(self, idx: Any, value: Any, one_by_one: bool) -> None:
-        """``self[idx] = value``; ``one_by_one``: a write of its own (``v[...] = x``),
-        not one of a batch (``_write_views``), which the one-time advice counts."""
         if idx is not Ellipsis:
             value = self[...].at[idx].set(value)
         where = self.where
@@ -103,7 +95,7 @@ class View:
                 self.buffer[where[0] : where[1]] = self._bits(value)
         else:
             self.buffer[where : where + 1] = _like_buffer(self.buffer, jnp.expand_dims(value, 0))
-        _remember(self, value, one_by_one)
+        _remember(self, value)
 
     def _bits(self, value: Any) -> Any:
         """``value`` as a slice of a flat buffer: raveled, bitcast to the buffer dtype."""
@@ -172,7 +164,6 @@ class _Written(threading.local):
     trace: Any = None
     values: dict[tuple[int, Where], tuple[Any, Any]]
     snapshots: dict[int, tuple[Any, Any]]
-    slot_writes: int = 0  # slot writes of their own in this trace (see _advise)
 
     def __init__(self) -> None:
         self.values = {}
@@ -182,61 +173,20 @@ class _Written(threading.local):
         """Start remembering for ``trace``, forgetting what another trace left."""
         if self.trace != trace:
             self.trace, self.values, self.snapshots = trace, {}, {}
-            self.slot_writes = 0
 
 
 _WRITTEN = _Written()
 
 
-def _remember(view: View, value: Any, one_by_one: bool = False) -> None:
+def _remember(view: View, value: Any) -> None:
     """After a whole-slot write of ``value`` into ``view``: remember it if traced (and
     not on a mesh with explicit axes, where a read from the buffer has the buffer's
-    layout as its type, which the value written need not have). ``one_by_one``: the
-    write was a slot write of its own (``v[...] = x``), counted for :func:`_advise`."""
+    layout as its type, which the value written need not have)."""
     if not isinstance(view.buffer, jax.core.Tracer) or _explicit(view.buffer):
         return
     written = _WRITTEN
     written.enter(jax.extend.core.get_opaque_trace_state())
     written.values[(id(view.buffer), view.where)] = (view.buffer, value)
-    if one_by_one and type(view.where) is tuple:
-        written.slot_writes += 1
-        if written.slot_writes == ADVISE_AT:
-            _advise()
-
-
-# Slot writes into flat buffers in one trace from which a one-time warning suggests
-# st.assign: below it, the chain of per-slot kernels costs little beside a step's work.
-ADVISE_AT = 512
-_ADVISED = threading.Event()
-
-
-def _advise() -> None:
-    """Say once per process that a traced function writes many packed slots one by one
-    (the loop's shape: one kernel per write), and what writes them at once."""
-    if _ADVISED.is_set():
-        return
-    _ADVISED.set()
-    warnings.warn(
-        f"statetree: a traced function wrote {ADVISE_AT} or more Variables of a packed "
-        "tree one by one (v[...] = x). XLA runs each such write as an update kernel of "
-        "its own, a few microseconds each on a CPU. Where every Variable gets a new "
-        "value, compute them as a tree and write them with st.assign(tree, values): one "
-        "write per packed buffer. See 'Many Variables, one write' in docs/packed.md. "
-        "(This note is shown once per process.)",
-        UserWarning,
-        stacklevel=_outside(),
-    )
-
-
-def _outside() -> int:
-    """The ``stacklevel`` of the first frame outside statetree: the user's write."""
-    frame, level = sys._getframe(2), 2  # the caller of the function calling this one
-    while frame is not None and frame.f_code.co_filename.startswith(_HERE):
-        frame, level = frame.f_back, level + 1
-    return level
-
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _recall(view: View) -> Any:
@@ -280,7 +230,6 @@ def forget() -> None:
     written = _WRITTEN
     if written.values or written.snapshots:
         written.trace, written.values, written.snapshots = None, {}, {}
-        written.slot_writes = 0
 
 
 # Slots of at most this many elements on average are "small" (16 KiB of float32).
@@ -311,7 +260,7 @@ def _write_views(pairs: list[tuple[View, Any]]) -> None:
                 _remember(view, value)
         else:
             for view, value in writes.values():
-                view._put(Ellipsis, value, one_by_one=False)
+                view[...] = value
 
 
 def _spliced(buffer: Any, writes: dict[Any, tuple[View, Any]]) -> Any:

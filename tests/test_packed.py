@@ -1,8 +1,5 @@
 """Packed trees: st.mutable(tree, packed=True)."""
 
-import threading
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -466,32 +463,6 @@ def test_slots_not_written_are_sliced_from_one_read_of_the_buffer():
     got, want = jax.jit(step)(packed), jax.jit(step)(plain := fresh(False))
     jax.tree.map(np.testing.assert_array_equal, got, want)
     assert_same(st.unbox(st.freeze(packed)), st.unbox(st.freeze(plain)))
-
-
-def test_many_slot_writes_in_one_trace_advise_st_assign_once(monkeypatch):
-    from statetree import _views  # the threshold and the once-per-process flag
-
-    monkeypatch.setattr(_views, "ADVISE_AT", 3)
-    monkeypatch.setattr(_views, "_ADVISED", threading.Event())
-    packed = st.mutable([jnp.zeros(2) for _ in range(4)], packed=True)
-
-    def by_assign(tree):
-        st.assign(tree, [v + 1 for v in st.unbox(tree)])
-
-    def one_by_one(tree):
-        for v in tree:
-            v[...] += 1
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        jax.jit(by_assign)(packed)  # one write per buffer: nothing to advise
-    with pytest.warns(UserWarning, match=r"one by one.*st\.assign\(tree, values\)") as seen:
-        jax.jit(one_by_one)(packed)
-    assert seen[0].filename == __file__  # points at the user's write
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        jax.jit(lambda t: one_by_one(t))(packed)  # once per process
-    assert [float(v[0]) for v in packed] == [3.0] * 4
 
 
 def test_reads_after_writes_see_writes_made_by_nested_transforms():
