@@ -175,10 +175,8 @@ _UNSET: Any = object()
 
 
 def _by_index(graphdef: GraphDef, states: Sequence[State]) -> list[Any] | None:
-    """The States' values placed by their indices, when every State was made from
-    ``graphdef`` and together they hold each of its values once (the States of one
-    ``st.split``): no path is looked at. None otherwise (:func:`_resolve` then matches
-    by path and names what does not fit)."""
+    """The values of the States of one ``st.split`` placed by index, no path looked at;
+    None unless each State comes from ``graphdef`` and together they hold each value once."""
     n = graphdef.num_values
     if not all(isinstance(s, State) and s._keys.graphdef is graphdef for s in states):
         return None
@@ -186,12 +184,9 @@ def _by_index(graphdef: GraphDef, states: Sequence[State]) -> list[Any] | None:
         return None
     out = [_UNSET] * n
     for s in states:
-        indices = s._keys.indices
-        assert indices is not None  # a State made from a GraphDef has its indices
-        for i, value in zip(indices, s._values, strict=True):
+        for i, value in zip(s._keys.indices or (), s._values, strict=True):
             out[i] = value
-    # A value given twice leaves another unset (compared by identity: `in` would call
-    # the Variables' array-like `==`).
+    # A value given twice leaves another unset (found by identity: `in` would call `==`).
     return None if any(map(operator.is_, out, itertools.repeat(_UNSET))) else out
 
 
@@ -340,32 +335,25 @@ def _scalar_array(x: Any) -> Any:
     return jnp.asarray(x) if isinstance(x, (bool, int, float, complex)) else x
 
 
-_is_variable = Variable.__instancecheck__
-
-
 def assign(tree: Any, values: Any) -> None:
     """Write ``values``, a tree shaped like ``st.unbox(tree)``, into ``tree``'s Variables
-    in place: the tree-level spelling of ``v[...] = new`` for every Variable.
+    in place: ``v[...] = new`` for every Variable, with the same checks (NumPy's rules),
+    all made before the first write. A Variable at several paths takes the value at its
+    last path, as a loop over the paths would leave it.
 
-    The effect is that of writing each Variable in turn, with the same checks (NumPy's
-    assignment rules: values broadcast to the Variable's shape, scalars take its dtype),
-    and all of them are made before the first write, so nothing half-applies. A Variable
-    shared by several paths takes the value at its last path, as the loop would leave it.
-
-    Inside ``jax.jit`` on a packed tree (``st.mutable(tree, packed=True)``), every buffer
-    mostly written in small slots takes *one* write of its whole new value, where a
-    Python loop of ``v[...] = new`` writes one slot at a time, an update kernel each (see
-    docs/packed.md for what each costs). On the default form each Variable is written
-    as by the loop.
+    Inside ``jax.jit`` on a packed tree, every buffer mostly written in small slots takes
+    *one* write of its whole new value, where a loop of ``v[...] = new`` writes one slot
+    at a time, an update kernel each (docs/packed.md shows what each costs). On the
+    default form each Variable is written as by the loop.
 
     Args:
       tree: a live tree whose Variables (or raw Refs) are mutable, packed or not.
-      values: a tree of the same structure as ``st.unbox(tree)`` (e.g. the result of
-        ``jax.tree.map`` over it), holding one array (or scalar) per Variable.
+      values: a tree of the structure of ``st.unbox(tree)`` (e.g. ``jax.tree.map`` over
+        it), holding one array (or Python scalar) per Variable.
 
     Raises:
-      StructureError: ``values`` has paths ``tree`` lacks or lacks paths it has (the
-        error names them), or the tree holds a frozen Variable or bare array at a path.
+      StructureError: ``values`` has paths ``tree`` lacks or lacks some it has, or the
+        tree holds a frozen Variable or bare array at a path.
       VariableWriteError: a value does not fit its Variable's shape or dtype.
       UnreadableValueError: a value is unreadable (a deleted array, an escaped tracer).
 
@@ -381,7 +369,7 @@ def assign(tree: Any, values: Any) -> None:
     """
     graphdef, targets = _graph.flatten(tree)
     # Python scalars are values here (weakly typed: they take the Variable's dtype).
-    values = jax.tree.map(_scalar_array, values, is_leaf=_is_variable)
+    values = jax.tree.map(_scalar_array, values, is_leaf=lambda x: isinstance(x, Variable))
     new_def, news = _graph.flatten(values)
     chosen: dict[int, Any] = {}
     extra: list[Path] = []
