@@ -30,6 +30,7 @@ from ._optimizer import Optimizer as Optimizer
 from ._packed import Packed as Packed
 from ._rng import Rng as Rng
 from ._rng import Rngs as Rngs
+from ._split import assign as assign
 from ._split import merge as merge
 from ._split import split as split
 from ._split import state as state

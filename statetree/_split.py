@@ -1,4 +1,4 @@
-"""``st.split``, ``st.merge``, ``st.state`` and ``st.update``.
+"""``st.split``, ``st.merge``, ``st.state``, ``st.update`` and ``st.assign``.
 
 ``split`` separates a tree into its static structure (a GraphDef) and its values (one
 State per filter); ``merge`` is the inverse. Eager split/merge copy nothing: the merged
@@ -6,8 +6,13 @@ tree holds the very Variables the States hold. Shared Variables and Refs are sto
 and come back as one object, so a write through one path is seen through the other.
 """
 
+import itertools
+import operator
 from collections.abc import Sequence
 from typing import Any, overload
+
+import jax
+import jax.numpy as jnp
 
 from . import _graph
 from ._errors import Misfit, StructureError, misfit_report
@@ -17,9 +22,7 @@ from ._state import State, _StateKeys
 from ._variables import Variable
 from ._write import plan as _plan
 
-__all__ = ["split", "merge", "state", "update", "write"]
-
-_MISSING = object()
+__all__ = ["split", "merge", "state", "update", "write", "assign"]
 
 
 def split(tree: Any, *filters: Any) -> tuple[Any, ...]:
@@ -145,6 +148,9 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
         keys = states[0]._keys
         if keys.graphdef is graphdef and keys.indices == range(n):
             return states[0]._values
+    placed = _by_index(graphdef, states)
+    if placed is not None:
+        return placed
     not_a_state = (
         what + ": expected States after the GraphDef, got {}. "
         "Pass the States that st.split returned, in any order."
@@ -164,6 +170,25 @@ def _gather(graphdef: GraphDef, states: Sequence[State], what: str) -> list[Any]
     if message:
         raise StructureError(message)
     return [chosen[i][1] for i in range(n)]
+
+
+_UNSET: Any = object()
+
+
+def _by_index(graphdef: GraphDef, states: Sequence[State]) -> list[Any] | None:
+    """The values of the States of one ``st.split`` placed by index, no path looked at;
+    None unless each State comes from ``graphdef`` and together they hold each value once."""
+    n = graphdef.num_values
+    if not all(isinstance(s, State) and s._keys.graphdef is graphdef for s in states):
+        return None
+    if sum(len(s._values) for s in states) != n:
+        return None
+    out = [_UNSET] * n
+    for s in states:
+        for i, value in zip(s._keys.indices or (), s._values, strict=True):
+            out[i] = value
+    # A value given twice leaves another unset (found by identity: `in` would call `==`).
+    return None if any(map(operator.is_, out, itertools.repeat(_UNSET))) else out
 
 
 def _conflict(first: Path, second: Path) -> Misfit:
@@ -310,4 +335,72 @@ def write(graphdef: GraphDef, targets: list[Any], states: Sequence[State], *, ex
     positions = list(chosen)
     news = [new for _, new in chosen.values()]
     plan.add_all([targets[i] for i in positions], news, positions)
+    plan.commit()  # all or nothing; packed views: one write per buffer
+
+
+def _scalar_array(x: Any) -> Any:
+    return jnp.asarray(x) if isinstance(x, (bool, int, float, complex)) else x
+
+
+def assign(tree: Any, values: Any) -> None:
+    """Write ``values``, a tree shaped like ``st.unbox(tree)``, into ``tree``'s Variables
+    in place: ``v[...] = new`` for every Variable, with the same checks (NumPy's rules),
+    all made before the first write. A Variable at several paths takes the value at its
+    last path, as a loop over the paths would leave it.
+
+    Inside ``jax.jit`` on a packed tree, every buffer mostly written in small slots takes
+    *one* write of its whole new value, where a loop of ``v[...] = new`` writes one slot
+    at a time, an update kernel each (docs/packed.md shows what each costs). On the
+    default form each Variable is written as by the loop.
+
+    Args:
+      tree: a live tree whose Variables (or raw Refs) are mutable, packed or not.
+      values: a tree of the structure of ``st.unbox(tree)`` (e.g. ``jax.tree.map`` over
+        it), holding one array (or Python scalar) per Variable.
+
+    Raises:
+      StructureError: ``values`` has paths ``tree`` lacks or lacks some it has, or the
+        tree holds a frozen Variable or bare array at a path.
+      VariableWriteError: a value does not fit its Variable's shape or dtype.
+      UnreadableValueError: a value is unreadable (a deleted array, an escaped tracer).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, statetree as st
+      >>> ema = st.mutable({"w": jnp.zeros(2), "b": jnp.zeros(1)}, packed=True)
+      >>> @jax.jit
+      ... def step(ema, x):
+      ...     st.assign(ema, jax.tree.map(lambda e: 0.9 * e + 0.1 * x, st.unbox(ema)))
+      >>> step(ema, 1.0)
+      >>> ema["w"][...]
+      Array([0.1, 0.1], dtype=float32)
+    """
+    graphdef, targets = _graph.flatten(tree)
+    # Python scalars are values here (weakly typed: they take the Variable's dtype).
+    values = jax.tree.map(_scalar_array, values, is_leaf=lambda x: isinstance(x, Variable))
+    new_def, news = _graph.flatten(values)
+    chosen: dict[int, Any] = {}
+    extra: list[Path] = []
+    for paths, new in zip(new_def.occurrences(), news, strict=True):
+        for path in paths:
+            i = graphdef.find(path)
+            if i is None:
+                extra.append(path)
+            else:
+                chosen.pop(i, None)  # a later path of a shared Variable: the later wins
+                chosen[i] = new
+    missing = [graphdef.paths()[i] for i in range(len(targets)) if i not in chosen]
+    message = misfit_report(
+        "assign(tree, values): values is not shaped like st.unbox(tree).",
+        [
+            ("missing (a Variable of the tree with no value)", missing),
+            ("extra (a value at a path the tree lacks)", extra),
+        ],
+        "Build values from the tree itself, e.g. jax.tree.map(f, st.unbox(tree)), or "
+        "write a subset with st.update(tree, st.State({path: value})).",
+    )
+    if message:
+        raise StructureError(message)
+    plan = _plan.WritePlan("assign", where=lambda i: graphdef.paths()[i])
+    positions = list(chosen)
+    plan.add_all([targets[i] for i in positions], list(chosen.values()), positions)
     plan.commit()  # all or nothing; packed views: one write per buffer

@@ -75,7 +75,7 @@ class View:
                 # one, each compiled per slot.
                 reader = _slot_reader(where[1] - where[0], np.dtype(self.dtype), self.shape)
                 return reader(self.buffer[...], where[0])
-            value = jax.lax.slice(self.buffer[...], (where[0],), (where[1],))
+            value = jax.lax.slice(_snapshot(self.buffer), (where[0],), (where[1],))
             if value.dtype != self.dtype:
                 value = jax.lax.bitcast_convert_type(value, self.dtype)
             value = value.reshape(self.shape)
@@ -147,9 +147,12 @@ def _like_buffer(buffer: Any, value: Any) -> Any:
 # written, not a slice of the buffer. Both are the same number, but a slice of the buffer
 # after a write depends on that write: XLA then keeps a copy of the whole buffer alive
 # across every later slot write (a step that writes and reads back each of 300 small
-# Variables ran 4x slower than with the value reused; see docs/performance.md). What is
-# remembered: the last trace that wrote through a View (on this thread) and, per slot
-# (buffer, place), the value written. Everything is forgotten on a write under any other
+# Variables ran 4x slower than with the value reused; see docs/performance.md). For the
+# same reason a slot not written yet is sliced from one read of the whole buffer per
+# trace (``_snapshot``), never from the buffer as later writes left it. What is
+# remembered: the last trace that read or wrote through a View (on this thread), per
+# flat buffer its value when first read, and per slot (buffer, place) the value
+# written. Everything is forgotten on a read or write under any other
 # trace (a nested jit, a scan body, a grad: it may have changed a slot this trace
 # remembers) and whenever JAX flattens a packed tree (handing it to a nested transform,
 # which may replay a cached trace without running Python). Writes that bypass the Views
@@ -159,9 +162,16 @@ def _like_buffer(buffer: Any, value: Any) -> Any:
 class _Written(threading.local):
     trace: Any = None
     values: dict[tuple[int, Where], tuple[Any, Any]]
+    snapshots: dict[int, tuple[Any, Any]]
 
     def __init__(self) -> None:
         self.values = {}
+        self.snapshots = {}
+
+    def enter(self, trace: Any) -> None:
+        """Start remembering for ``trace``, forgetting what another trace left."""
+        if self.trace != trace:
+            self.trace, self.values, self.snapshots = trace, {}, {}
 
 
 _WRITTEN = _Written()
@@ -174,9 +184,7 @@ def _remember(view: View, value: Any) -> None:
     if not _jax.is_tracer(view.buffer) or _explicit(view.buffer):
         return
     written = _WRITTEN
-    trace = _jax.trace_state()
-    if written.trace != trace:
-        written.trace, written.values = trace, {}
+    written.enter(_jax.trace_state())
     written.values[(id(view.buffer), view.where)] = (view.buffer, value)
 
 
@@ -193,14 +201,34 @@ def _recall(view: View) -> Any:
     return hit[1]
 
 
+def _snapshot(buffer: Any) -> Any:
+    """The whole value of a traced flat ``buffer``, read once per trace: every read of a
+    slot not written in this trace slices it (a slot written is recalled instead, so the
+    numbers are current). Slicing the buffer as it stands after earlier slot writes
+    instead makes each later slot write depend on the previous one's read, and XLA's
+    CPU backend then runs every such write as a pass over the whole buffer: a step
+    writing each of 1,000 slots without reading them back ran 20x slower (see the W5
+    benchmark's raw-JAX rows). On a mesh with explicit axes, nothing is remembered."""
+    if _explicit(buffer):
+        return buffer[...]
+    written = _WRITTEN
+    written.enter(_jax.trace_state())
+    hit = written.snapshots.get(id(buffer))
+    if hit is not None and hit[0] is buffer:
+        return hit[1]
+    value = buffer[...]
+    written.snapshots[id(buffer)] = (buffer, value)
+    return value
+
+
 def forget() -> None:
     """Drop every remembered value: called whenever JAX flattens a packed tree. Inside a
     trace that means the tree is handed to a nested jit, scan, cond or checkpoint, whose
     writes (from a cached trace, run without Python) this module would not see; outside
     any trace it releases the tracers of a finished trace."""
     written = _WRITTEN
-    if written.values:
-        written.trace, written.values = None, {}
+    if written.values or written.snapshots:
+        written.trace, written.values, written.snapshots = None, {}, {}
 
 
 # Slots of at most this many elements on average are "small" (16 KiB of float32).

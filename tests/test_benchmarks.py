@@ -22,7 +22,8 @@ TINY: dict[str, dict[str, Any]] = {
     "benchmarks.bench_memory": {"depth": 2, "width": 32, "small": (2, 16)},
     "benchmarks.bench_dispatch": {"counts": (3,)},
     "benchmarks.bench_scan": {"depths": (2,)},
-    "benchmarks.bench_writes": {"counts": (3,)},
+    # One shape (the others differ only in the update computed), every form of it.
+    "benchmarks.bench_writes": {"counts": (3,), "shapes": ("statistics, interleaved",)},
     "benchmarks.bench_scale": {"sizes": (40,)},
     "benchmarks.bench_rng": {"draws": (1,)},
 }

@@ -379,3 +379,83 @@ def test_keystr_formats_plain_paths_and_jax_key_entries() -> None:
     assert st.keystr(()) == "<root>"
     path = (jax.tree_util.GetAttrKey("w"), jax.tree_util.SequenceKey(1))
     assert st.keystr(path) == jax.tree_util.keystr(path) == ".w[1]"
+
+
+# ------------------------------------------------------------------ assign
+def _numbers(n: int) -> dict:
+    return {f"v{i}": st.Variable(jnp.full(3, float(i))) for i in range(n)}
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_assign_writes_a_tree_shaped_like_unbox(packed: bool) -> None:
+    tree = st.mutable({**_numbers(3), "n": st.BatchStat(jnp.array(1))}, packed=packed)
+
+    @jax.jit
+    def step(tree, x):
+        new = jax.tree.map(lambda v: v * 2 + x if v.ndim else v + 1, st.unbox(tree))
+        st.assign(tree, new)
+
+    step(tree, jnp.float32(1.0))
+    assert [float(tree[f"v{i}"][0]) for i in range(3)] == [1.0, 3.0, 5.0]
+    assert int(tree["n"][...]) == 2
+    st.assign(tree, {**st.unbox(tree), "n": 7})  # eagerly too; NumPy's rules: 7 -> int32
+    assert int(tree["n"][...]) == 7 and tree["n"][...].dtype == jnp.int32
+
+
+def _swaps(fn, *args) -> int:
+    return sum(e.primitive.name == "swap" for e in jax.make_jaxpr(fn)(*args).eqns)
+
+
+def test_assign_on_a_packed_tree_writes_each_buffer_once() -> None:
+    tree = st.mutable(_numbers(6), packed=True)
+
+    def ema_loop(tree):
+        for v in tree.values():
+            v[...] = 0.9 * v[...] + 0.1
+
+    def ema_assign(tree):
+        st.assign(tree, jax.tree.map(lambda v: 0.9 * v + 0.1, st.unbox(tree)))
+
+    assert _swaps(ema_loop, tree) == 6
+    assert _swaps(ema_assign, tree) == 1
+    plain = st.mutable(_numbers(6))
+    jax.jit(ema_assign)(tree)
+    jax.jit(ema_loop)(plain)
+    assert_trees_equal(st.unbox(st.freeze(tree)), st.unbox(st.freeze(plain)))
+
+
+def test_assign_to_a_shared_variable_keeps_the_last_path() -> None:
+    v = st.Variable(jnp.zeros(2), mutable=True)
+    tree = {"a": v, "b": v}
+    st.assign(tree, {"a": jnp.ones(2), "b": jnp.full(2, 5.0)})
+    assert v[...].tolist() == [5.0, 5.0]
+
+
+def test_assign_refuses_a_tree_of_another_shape_and_writes_nothing() -> None:
+    tree = st.mutable(_numbers(2))
+    with pytest.raises(st.StructureError, match=r"(?s)missing.*\[.v1.\].*extra.*\[.w.\]"):
+        st.assign(tree, {"v0": jnp.ones(3), "w": jnp.ones(3)})
+    with pytest.raises(st.VariableWriteError, match="float32"):
+        st.assign(tree, {"v0": jnp.ones(3), "v1": jnp.ones(4)})
+    assert [float(tree[k][0]) for k in ("v0", "v1")] == [0.0, 1.0]
+
+
+def test_assign_into_a_frozen_variable_names_the_path() -> None:
+    tree = {"w": st.Variable(jnp.zeros(2), mutable=False)}
+    with pytest.raises(st.FrozenVariableError, match="w"):
+        st.assign(tree, {"w": jnp.ones(2)})
+
+
+def test_merge_of_a_filtered_split_looks_at_no_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = model()
+    graphdef, params, rest = st.split(m, st.Param, ...)
+
+    def no_paths(self: st.GraphDef) -> None:
+        raise AssertionError("merge computed the paths")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(st.GraphDef, "paths", no_paths)
+        merged = st.merge(graphdef, rest, params)  # any order
+    assert merged["bn"]["mean"] is m["bn"]["mean"] and merged["act"] == "gelu"
+    with pytest.raises(st.StructureError, match=r"(?s)missing.*\['bn'\].*given twice"):
+        st.merge(graphdef, params, params, st.State({}))

@@ -27,6 +27,7 @@ from .._errors import StructureError
 from .._variables import Variable
 from .._write import storage as _storage
 from . import _nodes
+from ._attrs import Static
 from ._graphdef import GraphDef, _Node, _Part
 
 __all__ = ["flatten", "unflatten"]
@@ -36,7 +37,6 @@ _is_variable = Variable.__instancecheck__  # a C-level bound method: cheap in C 
 _raw_of = operator.attrgetter("_raw")  # a Variable's array, Ref or View
 
 # A non-array leaf (an int, a string, a function) kept in the structure.
-_Static = _nodes.Static
 
 
 # ---------------------------------------------------------------------------- flatten
@@ -253,7 +253,7 @@ class _Flattener:
                 extras.append(_Node(self.node(leaf)))
             else:
                 slots.append(-1 - len(extras))
-                extras.append(_Static(leaf))
+                extras.append(Static(leaf))
         return tuple(slots), tuple(extras)
 
     def node(self, obj: Any) -> int:
@@ -306,7 +306,7 @@ def unflatten(graphdef: GraphDef, values: list[Any]) -> Any:
                     leaves.append(values[slot])
                     continue
                 extra = part.extras[-1 - slot]
-                if isinstance(extra, _Static):
+                if isinstance(extra, Static):
                     leaves.append(extra.value)
                 else:
                     obj = built.get(extra.part)
