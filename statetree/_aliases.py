@@ -10,7 +10,7 @@ from typing import Any
 from . import _graph
 from ._errors import AliasError, format_path
 from ._graph import Path
-from ._variables import Variable
+from ._variables import Variable, raw_of
 from ._write import storage as _storage
 
 __all__ = ["find_aliases", "check_aliases", "alias_groups"]
@@ -56,7 +56,7 @@ def alias_groups(graphdef: _graph.GraphDef, values: list[Any]) -> list[tuple[Pat
     # same-kind twins into one value).
     by_storage: dict[int, list[int]] = {}
     for i, value in enumerate(values):
-        raw = value._raw if isinstance(value, Variable) else value
+        raw = raw_of(value) if isinstance(value, Variable) else value
         if _storage.is_storage(raw):
             by_storage.setdefault(id(raw), []).append(i)
     first_of = {i: group[0] for group in by_storage.values() for i in group}

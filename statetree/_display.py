@@ -3,7 +3,7 @@
 from typing import Any
 
 from ._errors import format_path
-from ._variables import Variable
+from ._variables import Variable, raw_of
 from ._write import storage as _storage
 
 __all__ = ["value_summary", "graphdef_repr"]
@@ -16,7 +16,7 @@ def value_summary(value: Any) -> str:
     if isinstance(value, Variable):
         kind, raw, form = (
             type(value).__name__,
-            value._raw,
+            raw_of(value),
             "mutable" if value.mutable else "frozen",
         )
     elif _storage.is_storage(value):

@@ -22,6 +22,7 @@ __all__ = [
     "keystr",
     "format_path",
     "format_paths",
+    "cut_lines",
     "Misfit",
     "misfit_report",
 ]
@@ -212,10 +213,10 @@ format_path = keystr
 
 def format_paths(paths: Sequence[Sequence[object]], limit: int = 20) -> str:
     """One path per line, indented; long lists are cut with a count of the rest."""
-    return _lines([f"  {format_path(p)}" for p in paths], limit)
+    return cut_lines([f"  {format_path(p)}" for p in paths], limit)
 
 
-def _lines(lines: Sequence[str], limit: int) -> str:
+def cut_lines(lines: Sequence[str], limit: int) -> str:
     shown = list(lines[:limit])
     if len(lines) > limit:
         shown.append(f"  ... and {len(lines) - limit} more")
@@ -254,7 +255,7 @@ def misfit_report(
         if not entries:
             continue
         lines = [e.line() if isinstance(e, Misfit) else f"  {format_path(e)}" for e in entries]
-        body = _lines(lines, limit)
+        body = cut_lines(lines, limit)
         parts.append(f"{label}:\n{body}" if label else body)
     if len(parts) == 1:
         return None

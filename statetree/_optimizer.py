@@ -42,7 +42,7 @@ from ._filters import PathContains, filter_repr, to_predicate
 from ._graph import Path, PathKey
 from ._split import state as _state
 from ._state import State
-from ._variables import OptState, Param, Variable
+from ._variables import OptState, Param, Variable, raw_of
 from ._write import WritePlan
 from ._write import storage as _storage
 
@@ -269,7 +269,7 @@ class Optimizer:
         # A Variable holding None is a placeholder, not a gradient: what Equinox's
         # filter_grad / partition leave where a mutable Variable's jax.Ref was (they
         # take only jax.Arrays), so such grads count as missing.
-        empty = {p for p, g in items if isinstance(g, Variable) and g._raw is None}
+        empty = {p for p, g in items if isinstance(g, Variable) and raw_of(g) is None}
         found = {
             p: g
             for p, g in items

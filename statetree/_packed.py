@@ -34,7 +34,7 @@ from ._errors import RefValueError, StructureError
 from ._graph import GraphDef
 from ._jax import AD_TRACERS as _AD_TRACERS
 from ._jax import Tracer
-from ._variables import Variable
+from ._variables import Variable, raw_of
 from ._views import View, Where
 from ._write import storage as _storage
 
@@ -222,7 +222,7 @@ def assemble(tree: Any, graphdef: GraphDef, values: list[Any]) -> Any:
     entries: list[Any] = []
     loose: list[Any] = []
     for value in values:
-        raw = value._raw if isinstance(value, Variable) else None
+        raw = raw_of(value) if isinstance(value, Variable) else None
         if type(raw) is not View:
             entries.append(None)
             loose.append(value)
@@ -348,7 +348,7 @@ def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
     for i, (value, take) in enumerate(zip(values, chosen, strict=True)):
         if not take:
             continue
-        array = _storage.read(value._raw if isinstance(value, Variable) else value)
+        array = _storage.read(raw_of(value) if isinstance(value, Variable) else value)
         if not isinstance(array, (jax.Array, np.ndarray, np.generic)):
             continue  # not an array (a placeholder from a tree map): leave it alone
         array = jnp.asarray(array)

@@ -18,7 +18,7 @@ from . import _graph
 from ._errors import Misfit, StructureError, misfit_report
 from ._filters import bucket
 from ._graph import GraphDef, Path
-from ._state import State, _StateKeys
+from ._state import State, StateKeys
 from ._variables import Variable
 from ._write import plan as _plan
 
@@ -67,11 +67,11 @@ def split(tree: Any, *filters: Any) -> tuple[Any, ...]:
     """
     graphdef, values = _graph.flatten(tree)
     if not filters:
-        keys = _StateKeys(graphdef, range(len(values)))
+        keys = StateKeys(graphdef, range(len(values)))
         return graphdef, State._make(keys, values, trusted=True)
     buckets, _ = bucket(graphdef.paths, values, filters, require_all=True)
     states = [
-        State._make(_StateKeys(graphdef, tuple(b)), [values[i] for i in b], trusted=True)
+        State._make(StateKeys(graphdef, tuple(b)), [values[i] for i in b], trusted=True)
         for b in buckets
     ]
     return (graphdef, *states)
@@ -106,10 +106,10 @@ def state(tree: Any, *filters: Any) -> State | tuple[State, ...]:
     """
     graphdef, values = _graph.flatten(tree)
     if not filters:
-        return State._make(_StateKeys(graphdef, range(len(values))), values)
+        return State._make(StateKeys(graphdef, range(len(values))), values)
     buckets, _ = bucket(graphdef.paths, values, filters, require_all=False)
     states = tuple(
-        State._make(_StateKeys(graphdef, tuple(b)), [values[i] for i in b]) for b in buckets
+        State._make(StateKeys(graphdef, tuple(b)), [values[i] for i in b]) for b in buckets
     )
     return states[0] if len(states) == 1 else states
 

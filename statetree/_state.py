@@ -18,10 +18,10 @@ from ._errors import format_path
 from ._filters import bucket
 from ._graph import GraphDef, Path, PathKey
 
-__all__ = ["State"]
+__all__ = ["State", "StateKeys"]
 
 
-class _StateKeys:
+class StateKeys:
     """Which values a State holds: indices into a GraphDef, or explicit paths.
 
     This is the State's pytree aux data, so it is hashable (hash cached) and cheap to
@@ -80,7 +80,7 @@ class _StateKeys:
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        if not isinstance(other, _StateKeys):
+        if not isinstance(other, StateKeys):
             return NotImplemented
         return hash(self) == hash(other) and self._identity() == other._identity()
 
@@ -124,7 +124,7 @@ class State:
 
     __slots__ = ("_keys", "_origin", "_values")
 
-    _keys: _StateKeys
+    _keys: StateKeys
     _values: list[Any]
     # The list `split` built: while a State still holds it, its kinds are known to match.
     _origin: list[Any] | None
@@ -139,12 +139,12 @@ class State:
                     f"('layers', 0, 'kernel'); got {path!r}. Wrap a single key: ({path!r},)."
                 )
             paths.append(path)
-        self._keys = _StateKeys(None, None, tuple(paths))
+        self._keys = StateKeys(None, None, tuple(paths))
         self._values = list(flat.values())
         self._origin = None
 
     @classmethod
-    def _make(cls, keys: _StateKeys, values: list[Any], *, trusted: bool = False) -> "State":
+    def _make(cls, keys: StateKeys, values: list[Any], *, trusted: bool = False) -> "State":
         s = object.__new__(cls)
         s._keys = keys
         s._values = values
@@ -215,9 +215,9 @@ class State:
         values = [self._values[p] for p in positions]
         if keys.graphdef is not None and keys.indices is not None:
             indices = tuple(keys.indices[p] for p in positions)
-            return State._make(_StateKeys(keys.graphdef, indices), values)
+            return State._make(StateKeys(keys.graphdef, indices), values)
         paths = self.paths()
-        return State._make(_StateKeys(None, None, tuple(paths[p] for p in positions)), values)
+        return State._make(StateKeys(None, None, tuple(paths[p] for p in positions)), values)
 
     def __or__(self, other: "State") -> "State":
         """The union of two States (``other`` wins where both have a path)."""
@@ -241,7 +241,7 @@ class State:
         return "State({\n" + "\n".join(lines) + "\n})"
 
 
-def _flatten_with_keys(s: State) -> tuple[list[tuple[Any, Any]], _StateKeys]:
+def _flatten_with_keys(s: State) -> tuple[list[tuple[Any, Any]], StateKeys]:
     keys = [PathKey(p) for p in s.paths()]
     return list(zip(keys, s._values, strict=True)), s._keys
 

@@ -6,8 +6,9 @@ A Variable holds either a ``jax.Array`` (it is *frozen*) or mutable storage, nor
 caller's buffer (the lowered HLO aliases input and output).
 """
 
+import operator
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -28,7 +29,7 @@ from ._write import plan as _plan
 from ._write import rules as _writes
 from ._write import storage as _storage
 
-__all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable"]
+__all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable", "raw_of"]
 
 
 class Variable(ArrayBehaviour, _plan.Box):
@@ -426,6 +427,11 @@ def is_mutable(x: Any) -> bool:
     if isinstance(x, Variable):
         return x.mutable
     return _storage.is_storage(x)
+
+
+# The one way the rest of statetree reads what a Variable holds (a jax.Array, a jax.Ref,
+# or a packed view): a C-level getter, cheap in the flatten's and conversion's maps.
+raw_of: Callable[[Variable], Any] = operator.attrgetter("_raw")
 
 
 # Public classes print as `statetree.X` in reprs and tracebacks (re-exported there).

@@ -31,9 +31,9 @@ from .._errors import (
     StateTreeError,
     StructureError,
     UnreadableValueError,
+    cut_lines,  # long lists cut after a count, as everywhere
     format_path,
 )
-from .._errors import _lines as cut_lines  # long lists cut after a count, as everywhere
 from . import _bulk, _rules, _storage
 
 __all__ = ["Box", "WritePlan", "check_readable", "write_one"]
