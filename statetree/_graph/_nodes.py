@@ -251,6 +251,9 @@ def flatten_to_nodes(tree: Any, *, nodes_expected: bool = False) -> tuple[list[A
     it recorded any, a second pass cuts at nodes. Trees without nodes pay one pass, and
     a program that registers classes costs its node-free trees nothing more.
     """
+    saved = _depth.guard()
+    if saved is None:  # the counter cannot be read here: walk the tree first
+        _depth.check_depth(tree, _is_variable, _one_level)
     try:
         if nodes_expected:
             return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
@@ -266,15 +269,22 @@ def flatten_to_nodes(tree: Any, *, nodes_expected: bool = False) -> tuple[list[A
         if met:
             return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
         return leaves, treedef
-    except RecursionError:
-        # Too deep for JAX's flatten, which leaves the recursion counter spent: give it
-        # back first (see _depth; room for the next calls before any call), then say
-        # where.
-        if _depth.leave is not None:
-            for _ in range(_depth.ROOM):
-                _depth.leave()
-        _depth.recover()
-        raise _depth.too_deep(tree, _is_variable) from None
+    except (RecursionError, SystemError):
+        # Too deep for JAX's flatten (or cyclic), which leaves the thread's recursion
+        # counter spent: write it back first, then say where (see _depth).
+        _depth.restore(saved)
+        error = _depth.too_deep(tree, _is_variable, saved, _one_level)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _one_level(node: Any) -> list[tuple[Any, Any]] | None:
+    """``node``'s children one level down, for the walks of ``_depth``: each level is a
+    JAX flatten of its own, so no node counts as met again (and checked for a cycle by
+    :func:`_cut`, a walk of its own) across levels."""
+    _WATCH.met = None
+    return _depth.children(node)
 
 
 def _cut(obj: Any) -> Any:
