@@ -21,16 +21,105 @@ from ._array_ops import ArrayBehaviour
 from ._config import mutable_arrays_enabled
 from ._errors import RefValueError, UnreadableValueError, VariableWriteError
 
-__all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable"]
+__all__ = [
+    "Variable",
+    "Param",
+    "BatchStat",
+    "Cache",
+    "OptState",
+    "is_mutable",
+    "weak_metadata",
+    "is_weak",
+    "as_weak",
+    "DIFFERENTIATE_FROZEN",
+]
 
-# Tracer types JAX hands a differentiated function. A Ref among them means a mutable
-# Variable was given to `jax.grad` & co., which JAX cannot differentiate.
+
+# DOOR: `jax._src.lax.lax._convert_element_type(x, weak_type=True)`, the one way to mark
+# an array weakly typed (JAX has no public spelling: `jax.lax.convert_element_type`
+# always makes it strong). Used to give a weakly typed Variable weakly typed reads where
+# its storage lost the weak type (`jax.new_ref` strips it from JAX 0.11.2). Checked
+# here; if JAX moves or changes it, reads of such Variables stay strongly typed (the
+# behaviour of a raw `jax.Ref` on those versions), never an error.
+def _find_to_weak() -> Any:
+    try:
+        from jax._src.lax.lax import _convert_element_type
+
+        if jax.typeof(_convert_element_type(np.float32(1.0), weak_type=True)).weak_type:
+            return lambda x: _convert_element_type(x, weak_type=True)
+    except Exception:  # pragma: no cover - depends on JAX's internals
+        pass
+    return None
+
+
+_to_weak = _find_to_weak()
+
+
+class _WeakType:
+    """The key of the entry that marks a weakly typed Variable in its static metadata
+    (``Variable._metadata``, which travels with it through every conversion and through
+    ``jax.jit`` as pytree aux data; ``v.metadata`` does not show it). One instance,
+    kept one by pickling."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "weak_type"
+
+    def __reduce__(self) -> str:
+        return "WEAK_TYPE"
+
+
+WEAK_TYPE = _WeakType()
+_WEAK_ENTRY = (WEAK_TYPE, True)
+
+
+def is_weak(metadata: tuple[tuple[Any, Any], ...]) -> bool:
+    """Whether a Variable's static metadata marks it weakly typed."""
+    return bool(metadata) and metadata[0][0] is WEAK_TYPE
+
+
+def weak_metadata(array: Any, metadata: tuple[tuple[Any, Any], ...] = ()) -> Any:
+    """``metadata`` for a Variable made from ``array``: marked weakly typed when
+    ``array`` is (a Python scalar's ``jnp.asarray``), so the Variable keeps the
+    promotion of the value it was given."""
+    if getattr(array, "weak_type", False) and not is_weak(metadata):
+        return (_WEAK_ENTRY, *metadata)
+    return metadata
+
+
+def as_weak(array: Any) -> Any:
+    """``array`` weakly typed (unchanged when it is already, or cannot be made so)."""
+    if getattr(array, "weak_type", True) or _to_weak is None:
+        return array
+    return _to_weak(array)
+
+
+# DOOR: `jax._src.interpreters.ad.JVPTracer`/`LinearizeTracer`, the tracers JAX hands a
+# differentiated function (no public name). A Ref among them means a mutable Variable
+# was given to a differentiation transform as a differentiated argument: jax.vjp,
+# jax.jvp, jax.jacfwd, jax.hessian, jax.linearize (and jax.grad, jax.value_and_grad,
+# jax.jacrev before JAX 0.11, which refuse Ref arguments themselves from 0.11, before
+# statetree sees them). If JAX moves them, statetree's advice is lost and JAX's own
+# error (or JAX's Ref gradient) remains.
 try:
     from jax._src.interpreters.ad import JVPTracer, LinearizeTracer
 
     _AD_TRACERS: tuple[type, ...] = (JVPTracer, LinearizeTracer)
 except ImportError:  # pragma: no cover - private names moved; JAX's own error remains
     _AD_TRACERS = ()
+
+# What to do about a mutable tree given to a differentiation transform: the end of
+# statetree's error, and the advice docs/concepts.md gives next to JAX's own error.
+DIFFERENTIATE_FROZEN = (
+    "JAX differentiates values, and a mutable Variable holds a jax.Ref, which is state; "
+    "statetree does not take part in JAX's Ref gradients (jax.vjp(...).with_refs, which "
+    "JAX's own error for jax.grad suggests from JAX 0.11). Freeze it first and "
+    "differentiate the frozen copy: jax.grad(loss)(st.freeze(params)); write the result "
+    "back with optimizer.update(...) or st.update(...). State the function only updates "
+    "(batch statistics) can stay mutable: close over it, or pass it in an argument that "
+    "is not differentiated."
+)
 
 
 class Variable(ArrayBehaviour, _plan.Box):
@@ -104,7 +193,8 @@ class Variable(ArrayBehaviour, _plan.Box):
     differentiable: ClassVar[bool] = True
 
     _raw: Any
-    _metadata: tuple[tuple[str, Any], ...]
+    # Sorted (name, value) pairs, after one (WEAK_TYPE, True) for a weakly typed value.
+    _metadata: tuple[tuple[Any, Any], ...]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -131,10 +221,10 @@ class Variable(ArrayBehaviour, _plan.Box):
             mutable = mutable_arrays_enabled()
         array = jnp.asarray(_writes.scalar(value))
         self._raw = _storage.new_storage(array, type(self).differentiable) if mutable else array
-        self._metadata = tuple(sorted(metadata.items()))
+        self._metadata = weak_metadata(array, tuple(sorted(metadata.items())))
 
     @classmethod
-    def _from_raw(cls, raw: Any, metadata: tuple[tuple[str, Any], ...]) -> "Variable":
+    def _from_raw(cls, raw: Any, metadata: tuple[tuple[Any, Any], ...]) -> "Variable":
         v = object.__new__(cls)
         v._raw = raw
         v._metadata = metadata
@@ -150,7 +240,16 @@ class Variable(ArrayBehaviour, _plan.Box):
     @property
     def metadata(self) -> Mapping[str, Any]:
         """The keyword metadata given at construction, read-only."""
-        return types.MappingProxyType(dict(self._metadata))
+        metadata = self._metadata
+        return types.MappingProxyType(dict(metadata[1:] if is_weak(metadata) else metadata))
+
+    @property
+    def weak_type(self) -> bool:
+        """Whether the value is weakly typed, as ``jax.Array.weak_type``: True when the
+        Variable was made from a weakly typed value (a Python scalar, ``jnp.asarray(1.0)``).
+        Reads are then weakly typed too, on every JAX version, so the Variable promotes
+        as the value it was given (``v * bf16_array`` is bfloat16)."""
+        return is_weak(self._metadata)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -186,15 +285,20 @@ class Variable(ArrayBehaviour, _plan.Box):
     @property
     def value(self) -> Any:
         """The current value as a ``jax.Array`` (for a mutable Variable, a snapshot that
-        later writes do not change). Assigning to it is the same as ``v[...] = x``."""
-        return _storage.read(self._raw)
+        later writes do not change), weakly typed when the Variable is (``weak_type``).
+        Assigning to it is the same as ``v[...] = x``."""
+        value = _storage.read(self._raw)
+        metadata = self._metadata
+        if metadata and metadata[0][0] is WEAK_TYPE:
+            return as_weak(value)
+        return value
 
     @value.setter
     def value(self, new: Any) -> None:
         self._write(Ellipsis, new)
 
     def __getitem__(self, idx: Any) -> Any:
-        value = _storage.read(self._raw)
+        value = self.value
         if idx is Ellipsis:
             return value
         # A static index out of range is refused, as NumPy does (JAX would clip it).
@@ -224,7 +328,7 @@ class Variable(ArrayBehaviour, _plan.Box):
             return f"{type(self).__name__}({raw!r})"
         head = f"{type(self).__name__}({dtype}[{','.join(map(str, raw.shape))}]"
         parts = [head, f"mutable={self.mutable}"]
-        parts.extend(f"{k}={v!r}" for k, v in self._metadata)
+        parts.extend(f"{k}={v!r}" for k, v in self._metadata if k is not WEAK_TYPE)
         if _storage.is_traced(raw):
             parts.append("traced")
         elif getattr(raw, "size", 0) <= 16 and _writes.family(dtype) >= 0:  # not for PRNG keys
@@ -300,15 +404,13 @@ def _flatten(v: Variable) -> tuple[tuple[Any], Any]:
 
 
 def _unflattener(cls: type[Variable]) -> Any:
-    def unflatten(metadata: tuple[tuple[str, Any], ...], children: Any) -> Variable:
+    def unflatten(metadata: tuple[tuple[Any, Any], ...], children: Any) -> Variable:
         (raw,) = children
         if isinstance(raw, _AD_TRACERS) and _storage.is_storage(raw):
             raise RefValueError(
-                f"A mutable {cls.__name__} was passed to a JAX differentiation transform "
-                "(jax.grad, jax.value_and_grad, jax.vjp, ...). JAX cannot differentiate "
-                "with respect to a jax.Ref. Freeze it first and differentiate the frozen "
-                "copy: jax.grad(loss)(st.freeze(params)); write the result back with "
-                "optimizer.update(...) or st.update(...)."
+                f"A mutable {cls.__name__} was passed as a differentiated argument to a "
+                "JAX differentiation transform (jax.grad, jax.vjp, jax.jvp, jax.jacfwd, "
+                f"...). {DIFFERENTIATE_FROZEN}"
             )
         v = object.__new__(cls)
         v._raw = raw
