@@ -277,6 +277,9 @@ assert jax.tree_util.tree_leaves(nested, is_leaf=lambda x: False) == [0]
 v = st.Variable(jnp.zeros(2), mutable=True)
 jax.jit(lambda v: v.__setitem__(..., v[...] + 1))(v)
 assert v[...].tolist() == [1.0, 1.0]
+shared = Cell(1.0)  # a node met twice by jax.jit's own flatten: no watch left on
+pair = jax.jit(lambda t: t["a"].value[...] + t["b"].value[...])({"a": shared, "b": shared})
+assert float(pair) == 2.0
 out = []
 worker = threading.Thread(target=lambda: out.append(st.split({"a": jnp.zeros(2)})))
 worker.start()

@@ -10,11 +10,12 @@ carries the error out skips the matching "leave" of every level it unwinds: the
 thread's budget stays spent, and every later recursion in the thread fails (3.11: any
 deep-ish Python call; 3.12+: every C-level recursion, down to printing the traceback).
 
-So :func:`guard` reads the budget before the flatten and, when the flatten fails, writes
-it back exactly as it was; the failure is then turned into a ``StructureError`` naming
-the deepest path (or the loop, for a cyclic tree). Walking the tree first to measure its
-depth would cost about as much as the split itself on every call; reading the counter
-costs a few hundred nanoseconds.
+So :func:`guard` reads the budget before the flatten and, when the flatten fails, the
+caller writes it back exactly as it was, before running anything else (even an
+attribute write may need the budget on 3.12+); the failure is then turned into a
+``StructureError`` naming the deepest path (or the loop, for a cyclic tree). Walking
+the tree first to measure its depth would cost about as much as the split itself on
+every call; reading the counter costs a few hundred nanoseconds.
 
 The counter lives in CPython's ``PyThreadState`` (``Include/cpython/pystate.h``: public
 header, layout fixed within a minor version). Its offset is known per minor version and
@@ -34,7 +35,7 @@ import jax.tree_util as jtu
 
 from .._errors import StructureError, format_path
 
-__all__ = ["guard", "restore", "children", "check_depth", "too_deep"]
+__all__ = ["guard", "children", "check_depth", "too_deep"]
 
 # Offset in PyThreadState of (the counter JAX's flatten spends, the recursion limit that
 # sits beside it), for 64-bit CPython builds.
@@ -68,22 +69,16 @@ def _thread_counter() -> Any:
 
 
 def guard() -> Any:
-    """The current thread's recursion counter, to hand to :func:`restore` if the flatten
-    that follows fails; None where it cannot be read (then call :func:`check_depth`
-    first)."""
+    """``(counter, value)``: the current thread's recursion counter (a ``ctypes.c_int``
+    over CPython's thread state) and its value now, for the caller to write back, first
+    thing, if the flatten that follows fails; None where it cannot be read (then call
+    :func:`check_depth` first)."""
     if _offset is None:
         return None
     cell = _CELL.counter
     if cell is None:
         cell = _thread_counter()
     return (cell, cell.value)
-
-
-def restore(saved: Any) -> None:
-    """Write back the counter :func:`guard` read (call first thing in the handler)."""
-    if saved is not None:
-        cell, value = saved
-        cell.value = value
 
 
 def _verified() -> int | None:
@@ -222,8 +217,8 @@ def _error(shape: _Shape, limit: str) -> StructureError:
 
 
 def too_deep(tree: Any, is_leaf: Any, saved: Any, expand: Any = children) -> StructureError | None:
-    """The error for a tree JAX's flatten could not walk (call after :func:`restore`
-    with the same ``saved``): a cycle, or a path at least half as deep as the budget
+    """The error for a tree JAX's flatten could not walk (call after writing back the
+    counter of ``saved``): a cycle, or a path at least half as deep as the budget
     the flatten had. None when the tree is neither (the failure came from elsewhere,
     such as a node's own flatten: let it propagate)."""
     shape = _walk(tree, is_leaf, expand)

@@ -256,27 +256,40 @@ def flatten_to_nodes(tree: Any, *, nodes_expected: bool = False) -> tuple[list[A
         _depth.check_depth(tree, _is_variable, _one_level)
     try:
         if nodes_expected:
-            return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+            return _jax_flatten(tree, _is_graph_leaf, saved)
         if not _TYPES:
-            return jtu.tree_flatten(tree, is_leaf=_is_variable)
+            return _jax_flatten(tree, _is_variable, saved)
         watch = _WATCH
         outer, watch.seen = watch.seen, set()
         try:
-            leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
+            leaves, treedef = _jax_flatten(tree, _is_variable, saved)
             met = bool(watch.seen)
         finally:
             watch.seen = outer
         if met:
-            return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+            return _jax_flatten(tree, _is_graph_leaf, saved)
         return leaves, treedef
     except (RecursionError, SystemError):
-        # Too deep for JAX's flatten (or cyclic), which leaves the thread's recursion
-        # counter spent: write it back first, then say where (see _depth).
-        _depth.restore(saved)
+        # Too deep for JAX's flatten (or cyclic): the counter is back (_jax_flatten);
+        # say where (see _depth).
         error = _depth.too_deep(tree, _is_variable, saved, _one_level)
         if error is None:
             raise
         raise error from None
+
+
+def _jax_flatten(tree: Any, is_leaf: Any, saved: Any) -> tuple[list[Any], Any]:
+    """JAX's flatten of ``tree``; when it fails, the thread's recursion counter is put
+    back (``saved``, from ``_depth.guard``) before anything else runs: JAX's failure
+    leaves it spent, and even restoring ``_WATCH.seen`` in the caller's ``finally``
+    needs it on Python 3.12+ (an attribute write there would fail, and leave the
+    watch on)."""
+    try:
+        return jtu.tree_flatten(tree, is_leaf=is_leaf)
+    except BaseException:
+        if saved is not None:
+            saved[0].value = saved[1]  # inline: no call before the counter is back
+        raise
 
 
 def _one_level(node: Any) -> list[tuple[Any, Any]] | None:
