@@ -53,6 +53,7 @@ HEAVY_UNITS = {
     "tests/test_adapter_equinox.py": 20,
     "tests/test_equinox_idioms.py": 15,
     "tests/test_checkpoint.py": 12,
+    "tests/test_graph.py": 12,
     "tests/test_dicts.py": 10,
     "tests/test_writes.py": 8,
     "tests/test_properties.py": 8,
