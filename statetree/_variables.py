@@ -138,6 +138,10 @@ class Variable(ArrayBehaviour, _plan.Box):
     same as ``st.update``'s). A Variable also behaves like its array: operators,
     ``jnp`` functions, ``np.asarray``, ``.shape``, ``.dtype``, ``len``, iteration.
 
+    A Variable made from a weakly typed value (a Python scalar, ``jnp.asarray(0.5)``)
+    keeps its promotion on every JAX version: ``v.weak_type`` is True and reads are
+    weakly typed (``jax.new_ref`` itself drops weak types from JAX 0.11.2).
+
     Subclasses are *kinds* (``Param``, ``BatchStat``, ...) that filters select on. A kind
     whose class attribute ``differentiable`` is False has writes wrapped in
     ``jax.lax.stop_gradient``, so running statistics can be updated inside a loss under
