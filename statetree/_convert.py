@@ -17,14 +17,8 @@ from ._errors import VariableWriteError
 from ._filters import needs_path, to_predicate
 from ._graph import GraphDef
 from ._packed import Packed
-from ._variables import (
-    _UNHOLDABLE_FIX,
-    WEAK_TYPE,
-    Variable,
-    as_weak,
-    unholdable,
-    weak_metadata,
-)
+from ._variables import _UNHOLDABLE_FIX, Variable, unholdable
+from ._weak import WEAK_TYPE, as_weak, weak_metadata
 
 __all__ = ["mutable", "freeze", "unbox"]
 

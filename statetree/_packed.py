@@ -33,8 +33,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from . import _graph, _storage, _views
 from ._errors import RefValueError, StructureError
 from ._graph import GraphDef
-from ._variables import _AD_TRACERS, Variable, weak_metadata  # DOOR: _AD_TRACERS
+from ._variables import _AD_TRACERS, Variable  # DOOR: _AD_TRACERS
 from ._views import View, Where
+from ._weak import weak_metadata
 
 __all__ = ["Packed", "pack", "from_tree", "assemble"]
 
