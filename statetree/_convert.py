@@ -17,7 +17,8 @@ from ._errors import VariableWriteError
 from ._filters import needs_path, to_predicate
 from ._graph import GraphDef
 from ._packed import Packed
-from ._variables import _UNHOLDABLE_FIX, Variable, unholdable
+from ._variables import UNHOLDABLE_FIX, Variable, unholdable
+from ._weak import WEAK_TYPE, as_weak, weak_metadata
 from ._write import bulk as _bulk
 from ._write import plan as _plan
 from ._write import storage as _storage
@@ -54,7 +55,7 @@ def _map_values(
             graphdef.paths,
             VariableWriteError,
             f"{who}: {{n}} value(s) cannot become jax.Refs; nothing was converted:",
-            _UNHOLDABLE_FIX,
+            UNHOLDABLE_FIX,
         )
     if pack:
         new = _packed.pack(values, chosen)
@@ -75,10 +76,12 @@ def _map_read(
         raws = list(map(_raw_of, values))
         if _bulk.all_refs(raws):  # all mutable, plain Refs
             arrays = _storage.read_all(raws)
+            metadata = list(map(_metadata_of, values))
+            _weak_again(metadata, arrays)
             if fn is _to_frozen_array:
                 return _graph.unflatten(graphdef, arrays)
             if fn is _to_frozen:
-                return _graph.unflatten(graphdef, _frozen_all(graphdef.kinds, values, arrays))
+                return _graph.unflatten(graphdef, _frozen_all(graphdef.kinds, metadata, arrays))
             return _graph.unflatten(graphdef, list(map(fn, values, arrays)))
     chosen = _chosen(graphdef, values, only)
     new = list(values)
@@ -90,12 +93,25 @@ def _map_read(
             raws.append(raw)
         elif take and rest is not None:
             new[i] = rest(value)
-    for i, array in zip(where, _storage.read_all(raws), strict=True):
+    arrays = _storage.read_all(raws)
+    _weak_again([getattr(values[i], "_metadata", ()) for i in where], arrays)
+    for i, array in zip(where, arrays, strict=True):
         new[i] = fn(values[i], array)
     return _graph.unflatten(graphdef, new)
 
 
 _raw_of = operator.attrgetter("_raw")
+
+
+def _weak_again(metadata: list[Any], arrays: list[Any]) -> None:
+    """Make ``arrays[i]`` weakly typed where ``metadata[i]`` marks its Variable so: the
+    snapshot of a weakly typed Variable is a weakly typed array on every JAX, also where
+    its Ref dropped the weak type (``jax.new_ref``, from JAX 0.11.2)."""
+    if metadata.count(()) == len(metadata):  # C-level: no Variable carries any
+        return
+    for i, entries in enumerate(metadata):
+        if entries and entries[0][0] is WEAK_TYPE:
+            arrays[i] = as_weak(arrays[i])
 
 
 def _to_mutable(value: Any) -> Any:
@@ -104,10 +120,13 @@ def _to_mutable(value: Any) -> Any:
             return value
         kind = type(value)
         storage = _storage.new_storage(value._raw, kind.differentiable)
-        return kind._from_raw(storage, value._metadata)
+        # A frozen Variable whose array is weakly typed (JAX's own maps can make one)
+        # stays so once mutable, where the Ref does not keep the weak type.
+        return kind._from_raw(storage, weak_metadata(value._raw, value._metadata))
     if _storage.is_storage(value):
         return value
-    return Variable._from_raw(_storage.new_storage(jnp.asarray(value)), ())
+    array = jnp.asarray(value)
+    return Variable._from_raw(_storage.new_storage(array), weak_metadata(array))
 
 
 def _to_frozen(value: Any, array: Any) -> Any:
@@ -122,13 +141,14 @@ _SET_METADATA = Variable._metadata.__set__  # type: ignore[attr-defined]  # a sl
 _metadata_of = operator.attrgetter("_metadata")
 
 
-def _frozen_all(kinds: Sequence[Any], values: list[Any], arrays: list[Any]) -> list[Any]:
-    """``_to_frozen(values[i], arrays[i])`` for Variables ``values`` of ``kinds``: new
-    Variables of the same kinds and metadata holding ``arrays``, made without a Python
-    call per Variable (a 100k-Variable freeze spends a large share of its time here)."""
+def _frozen_all(kinds: Sequence[Any], metadata: list[Any], arrays: list[Any]) -> list[Any]:
+    """``_to_frozen(values[i], arrays[i])`` for Variables of ``kinds`` with ``metadata``:
+    new Variables of the same kinds and metadata holding ``arrays``, made without a
+    Python call per Variable (a 100k-Variable freeze spends a large share of its time
+    here)."""
     new = list(map(object.__new__, kinds))
     deque(map(_SET_RAW, new, arrays), maxlen=0)
-    deque(map(_SET_METADATA, new, map(_metadata_of, values)), maxlen=0)
+    deque(map(_SET_METADATA, new, metadata), maxlen=0)
     return new
 
 
@@ -137,8 +157,9 @@ def _to_frozen_array(value: Any, array: Any) -> Any:
 
 
 def _to_array(value: Any) -> Any:
-    """A value holding no storage: a frozen Variable's array, anything else itself."""
-    return value._raw if isinstance(value, Variable) else value
+    """A value holding no storage: a frozen Variable's array (weakly typed if the
+    Variable is), anything else itself."""
+    return value.value if isinstance(value, Variable) else value
 
 
 @overload

@@ -112,7 +112,16 @@ class UnreadableValueError(StateTreeError, RuntimeError):
 
 class RefValueError(StateTreeError, TypeError):
     """A ``jax.Ref`` (or a mutable Variable) where an array value is needed: written
-    into a Variable, wrapped by ``Variable(...)``, or differentiated by ``jax.grad``.
+    into a Variable, wrapped by ``Variable(...)``, or given to a JAX differentiation
+    transform as a differentiated argument.
+
+    ``jax.vjp``, ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian`` and ``jax.linearize`` raise
+    this one when they meet a mutable Variable or a packed tree. ``jax.grad``,
+    ``jax.value_and_grad`` and ``jax.jacrev`` raise it up to JAX 0.10; from JAX 0.11
+    they refuse Ref arguments themselves, before statetree sees them, with a
+    ``TypeError`` ("cannot differentiate with respect to a Ref-typed argument") that
+    suggests ``jax.vjp(...).with_refs``. statetree does not take part in those Ref
+    gradients; the fix is the same on every version: differentiate ``st.freeze(tree)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, statetree as st
@@ -121,10 +130,10 @@ class RefValueError(StateTreeError, TypeError):
         ...
       statetree.RefValueError: Variable(value): value is a jax.Ref, ...
       >>> w = st.Param(jnp.ones(2), mutable=True)
-      >>> jax.grad(lambda w: jnp.sum(w[...] ** 2))(w)
+      >>> jax.vjp(lambda w: jnp.sum(w[...] ** 2), w)
       Traceback (most recent call last):
         ...
-      statetree.RefValueError: A mutable Param was passed to a JAX ... transform ...
+      statetree.RefValueError: A mutable Param was passed as a differentiated argument ...
       >>> jax.grad(lambda w: jnp.sum(w[...] ** 2))(st.freeze(w))  # the fix
       Param(float32[2], mutable=False, value=[2., 2.])
     """

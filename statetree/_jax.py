@@ -24,6 +24,7 @@ import jax
 import jax.core
 import jax.extend.core
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "AD_TRACERS",
@@ -37,6 +38,7 @@ __all__ = [
     "replace_all",
     "replace_works",
     "shardings",
+    "to_weak",
     "top_level",
     "trace_state",
 ]
@@ -319,3 +321,24 @@ def coordination_client() -> Any:
         return None
     state = getattr(distributed, "global_state", None)
     return getattr(state, "client", None)
+
+
+# ------------------------------------------------------------------------ weak types
+# Marking an array weakly typed: private ``jax._src.lax.lax._convert_element_type(x,
+# weak_type=True)``. Public spelling: none (``jax.lax.convert_element_type`` always makes
+# it strong). statetree._weak uses it to give a weakly typed Variable weakly typed reads
+# where its Ref lost the weak type (``jax.new_ref`` strips it from JAX 0.11.2). Checked
+# at import on a NumPy scalar; where JAX moved or changed it, None: reads of such
+# Variables stay strongly typed (a raw Ref's behaviour on those versions), never an error.
+def _find_to_weak() -> Any:
+    try:
+        from jax._src.lax.lax import _convert_element_type
+
+        if jax.typeof(_convert_element_type(np.float32(1.0), weak_type=True)).weak_type:
+            return lambda x: _convert_element_type(x, weak_type=True)
+    except Exception:  # pragma: no cover - another JAX
+        pass
+    return None  # pragma: no cover - another JAX
+
+
+to_weak: Any = _find_to_weak()

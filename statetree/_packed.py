@@ -36,6 +36,7 @@ from ._jax import AD_TRACERS as _AD_TRACERS
 from ._jax import Tracer
 from ._variables import Variable, raw_of
 from ._views import View, Where
+from ._weak import weak_metadata
 from ._write import storage as _storage
 
 __all__ = ["Packed", "pack", "from_tree", "assemble"]
@@ -165,11 +166,12 @@ def _unflatten(layout: _Layout, leaves: Sequence[Any]) -> Packed:
     buffers, loose = leaves[:n], leaves[n:]
     if any(isinstance(b, _AD_TRACERS) for b in buffers):
         raise RefValueError(
-            "A packed tree was passed to a JAX differentiation transform (jax.grad, "
-            "jax.value_and_grad, jax.vjp, ...). Its buffers are jax.Refs, which JAX "
-            "cannot differentiate. Differentiate its frozen copy instead: "
-            "jax.grad(loss)(st.freeze(packed)), and write the result back with "
-            "st.update(packed, ...) or optimizer.update(packed, grads)."
+            "A packed tree was passed as a differentiated argument to a JAX "
+            "differentiation transform (jax.grad, jax.vjp, jax.jvp, jax.jacfwd, "
+            "...). Its buffers are jax.Refs, which are state, and statetree does not take "
+            "part in JAX's Ref gradients (jax.vjp(...).with_refs). Differentiate its "
+            "frozen copy instead: jax.grad(loss)(st.freeze(packed)), and write the result "
+            "back with st.update(packed, ...) or optimizer.update(packed, grads)."
         )
     shardings = layout.shardings
     values: list[Any] = []
@@ -364,10 +366,12 @@ def pack(values: list[Any], chosen: Sequence[bool]) -> list[Any]:
         )
         for i, where in zip(members, places, strict=True):
             value = values[i]
-            kind, metadata = (
-                (type(value), value._metadata) if isinstance(value, Variable) else (Variable, ())
-            )
             array = arrays[i]
+            kind, metadata = (
+                (type(value), weak_metadata(array, value._metadata))
+                if isinstance(value, Variable)
+                else (Variable, weak_metadata(array))
+            )
             view = View(buffer, where, tuple(array.shape), array.dtype, view_sharding)
             out[i] = kind._from_raw(view, metadata)
     return out

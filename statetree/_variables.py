@@ -22,14 +22,40 @@ from ._config import mutable_arrays_enabled
 from ._errors import RefValueError, UnreadableValueError, VariableWriteError
 
 # Tracer types JAX hands a differentiated function (statetree._jax.AD_TRACERS). A Ref
-# among them means a mutable Variable was given to `jax.grad` & co.
+# among them means a mutable Variable was given to a differentiation transform as a
+# differentiated argument: jax.vjp, jax.jvp, jax.jacfwd, jax.hessian, jax.linearize (and
+# jax.grad, jax.value_and_grad, jax.jacrev before JAX 0.11, which refuse Ref arguments
+# themselves from 0.11, before statetree sees them).
 from ._jax import AD_TRACERS as _AD_TRACERS
 from ._jax import Tracer
+from ._weak import WEAK_TYPE, as_weak, is_weak, weak_metadata
 from ._write import plan as _plan
 from ._write import rules as _writes
 from ._write import storage as _storage
 
-__all__ = ["Variable", "Param", "BatchStat", "Cache", "OptState", "is_mutable", "raw_of"]
+__all__ = [
+    "Variable",
+    "Param",
+    "BatchStat",
+    "Cache",
+    "OptState",
+    "is_mutable",
+    "raw_of",
+    "DIFFERENTIATE_FROZEN",
+    "UNHOLDABLE_FIX",
+]
+
+# What to do about a mutable tree given to a differentiation transform: the end of
+# statetree's error, and the advice docs/concepts.md gives next to JAX's own error.
+DIFFERENTIATE_FROZEN = (
+    "JAX differentiates values, and a mutable Variable holds a jax.Ref, which is state; "
+    "statetree does not take part in JAX's Ref gradients (jax.vjp(...).with_refs, which "
+    "JAX's own error for jax.grad suggests from JAX 0.11). Freeze it first and "
+    "differentiate the frozen copy: jax.grad(loss)(st.freeze(params)); write the result "
+    "back with optimizer.update(...) or st.update(...). State the function only updates "
+    "(batch statistics) can stay mutable: close over it, or pass it in an argument that "
+    "is not differentiated."
+)
 
 
 class Variable(ArrayBehaviour, _plan.Box):
@@ -47,6 +73,10 @@ class Variable(ArrayBehaviour, _plan.Box):
     Every write is checked before anything is written (statetree's one write path, the
     same as ``st.update``'s). A Variable also behaves like its array: operators,
     ``jnp`` functions, ``np.asarray``, ``.shape``, ``.dtype``, ``len``, iteration.
+
+    A Variable made from a weakly typed value (a Python scalar, ``jnp.asarray(0.5)``)
+    keeps its promotion on every JAX version: ``v.weak_type`` is True and reads are
+    weakly typed (``jax.new_ref`` itself drops weak types from JAX 0.11.2).
 
     Subclasses are *kinds* (``Param``, ``BatchStat``, ...) that filters select on. A kind
     whose class attribute ``differentiable`` is False has writes wrapped in
@@ -103,7 +133,8 @@ class Variable(ArrayBehaviour, _plan.Box):
     differentiable: ClassVar[bool] = True
 
     _raw: Any
-    _metadata: tuple[tuple[str, Any], ...]
+    # Sorted (name, value) pairs, after one (WEAK_TYPE, True) for a weakly typed value.
+    _metadata: tuple[tuple[Any, Any], ...]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,10 +161,10 @@ class Variable(ArrayBehaviour, _plan.Box):
             mutable = mutable_arrays_enabled()
         array = jnp.asarray(_writes.scalar(value))
         self._raw = _storage.new_storage(array, type(self).differentiable) if mutable else array
-        self._metadata = tuple(sorted(metadata.items()))
+        self._metadata = weak_metadata(array, tuple(sorted(metadata.items())))
 
     @classmethod
-    def _from_raw(cls, raw: Any, metadata: tuple[tuple[str, Any], ...]) -> "Variable":
+    def _from_raw(cls, raw: Any, metadata: tuple[tuple[Any, Any], ...]) -> "Variable":
         v = object.__new__(cls)
         v._raw = raw
         v._metadata = metadata
@@ -149,7 +180,16 @@ class Variable(ArrayBehaviour, _plan.Box):
     @property
     def metadata(self) -> Mapping[str, Any]:
         """The keyword metadata given at construction, read-only."""
-        return types.MappingProxyType(dict(self._metadata))
+        metadata = self._metadata
+        return types.MappingProxyType(dict(metadata[1:] if is_weak(metadata) else metadata))
+
+    @property
+    def weak_type(self) -> bool:
+        """Whether the value is weakly typed, as ``jax.Array.weak_type``: True when the
+        Variable was made from a weakly typed value (a Python scalar, ``jnp.asarray(1.0)``).
+        Reads are then weakly typed too, on every JAX version, so the Variable promotes
+        as the value it was given (``v * bf16_array`` is bfloat16)."""
+        return is_weak(self._metadata)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -185,15 +225,20 @@ class Variable(ArrayBehaviour, _plan.Box):
     @property
     def value(self) -> Any:
         """The current value as a ``jax.Array`` (for a mutable Variable, a snapshot that
-        later writes do not change). Assigning to it is the same as ``v[...] = x``."""
-        return _storage.read(self._raw)
+        later writes do not change), weakly typed when the Variable is (``weak_type``).
+        Assigning to it is the same as ``v[...] = x``."""
+        value = _storage.read(self._raw)
+        metadata = self._metadata
+        if metadata and metadata[0][0] is WEAK_TYPE:
+            return as_weak(value)
+        return value
 
     @value.setter
     def value(self, new: Any) -> None:
         self._write(Ellipsis, new)
 
     def __getitem__(self, idx: Any) -> Any:
-        value = _storage.read(self._raw)
+        value = self.value
         if idx is Ellipsis:
             return value
         # A static index out of range is refused, as NumPy does (JAX would clip it).
@@ -223,7 +268,7 @@ class Variable(ArrayBehaviour, _plan.Box):
             return f"{type(self).__name__}({raw!r})"
         head = f"{type(self).__name__}({dtype}[{','.join(map(str, raw.shape))}]"
         parts = [head, f"mutable={self.mutable}"]
-        parts.extend(f"{k}={v!r}" for k, v in self._metadata)
+        parts.extend(f"{k}={v!r}" for k, v in self._metadata if k is not WEAK_TYPE)
         if _storage.is_traced(raw):
             parts.append("traced")
         elif getattr(raw, "size", 0) <= 16 and _writes.family(dtype) >= 0:  # not for PRNG keys
@@ -257,7 +302,7 @@ def unholdable(value: Any) -> str | None:
     return f"a NumPy array of dtype {value.dtype} ({kind})"
 
 
-_UNHOLDABLE_FIX = (
+UNHOLDABLE_FIX = (
     "JAX arrays, and so jax.Refs and Variables, hold numbers, booleans and PRNG keys "
     "only. Convert the value (np.asarray(x, np.float32)), keep it out of the tree as a "
     "static field, or drop float0 gradient leaves before storing them."
@@ -268,7 +313,7 @@ def _check_initial(name: str, value: Any) -> None:
     """Refuse what is no single array: a Variable holds exactly one."""
     reason = unholdable(value)
     if reason is not None:
-        raise VariableWriteError(f"{name}(value): value is {reason}. {_UNHOLDABLE_FIX}")
+        raise VariableWriteError(f"{name}(value): value is {reason}. {UNHOLDABLE_FIX}")
     if isinstance(value, (str, bytes, Mapping)) or value is None:
         raise VariableWriteError(
             f"{name}(value): value is {_what(value)}, not an array. A Variable "
@@ -309,15 +354,13 @@ def _flatten(v: Variable) -> tuple[tuple[Any], Any]:
 
 
 def _unflattener(cls: type[Variable]) -> Any:
-    def unflatten(metadata: tuple[tuple[str, Any], ...], children: Any) -> Variable:
+    def unflatten(metadata: tuple[tuple[Any, Any], ...], children: Any) -> Variable:
         (raw,) = children
         if isinstance(raw, _AD_TRACERS) and _storage.is_storage(raw):
             raise RefValueError(
-                f"A mutable {cls.__name__} was passed to a JAX differentiation transform "
-                "(jax.grad, jax.value_and_grad, jax.vjp, ...). JAX cannot differentiate "
-                "with respect to a jax.Ref. Freeze it first and differentiate the frozen "
-                "copy: jax.grad(loss)(st.freeze(params)); write the result back with "
-                "optimizer.update(...) or st.update(...)."
+                f"A mutable {cls.__name__} was passed as a differentiated argument to a "
+                "JAX differentiation transform (jax.grad, jax.vjp, jax.jvp, jax.jacfwd, "
+                f"...). {DIFFERENTIATE_FROZEN}"
             )
         v = object.__new__(cls)
         v._raw = raw

@@ -58,6 +58,7 @@ HEAVY_UNITS = {
     "tests/test_equinox_shared.py": 9,
     "tests/test_equinox_state.py": 8,
     "tests/test_checkpoint.py": 12,
+    "tests/test_graph.py": 12,
     "tests/test_dicts.py": 10,
     "tests/test_writes.py": 8,
     "tests/test_properties.py": 8,

@@ -1,6 +1,7 @@
 """Variables: construction, reads, writes, array behaviour, kinds, errors."""
 
 import copy
+import pathlib
 import pickle
 
 import jax
@@ -141,13 +142,52 @@ def test_differentiable_write_inside_grad_is_refused_by_jax() -> None:
         jax.grad(loss)(jnp.ones(3))
 
 
-def test_mutable_variable_given_to_grad_says_freeze_first() -> None:
+# JAX 0.11 made jax.grad, jax.value_and_grad and jax.jacrev refuse Ref arguments
+# themselves, before statetree unflattens them; the other transforms still reach
+# statetree's own advice.
+JAX_REFUSES_REF_GRADS = jax.__version_info__ >= (0, 11)
+
+
+def test_mutable_variable_given_to_grad_is_refused_on_every_jax() -> None:
     params = {"w": st.Param(jnp.ones(2), mutable=True)}
-    with pytest.raises(st.RefValueError, match=r"Freeze it first.*st\.freeze\(params\)"):
-        jax.grad(lambda p: (p["w"] ** 2).sum())(params)
-    g = jax.grad(lambda p: (p["w"] ** 2).sum())(st.freeze(params))
+
+    def loss(p: dict) -> jax.Array:
+        return (p["w"] ** 2).sum()
+
+    ours = r"passed as a differentiated argument.*Freeze it first.*st\.freeze\(params\)"
+    for transform in (jax.grad, jax.value_and_grad, jax.jacrev):
+        if JAX_REFUSES_REF_GRADS:
+            with pytest.raises(TypeError, match=r"Ref-typed argument.*with_refs"):
+                transform(loss)(params)
+        else:
+            with pytest.raises(st.RefValueError, match=ours):
+                transform(loss)(params)
+    tangents = {"w": st.Param(jnp.ones(2))}
+    for call in (
+        lambda: jax.vjp(loss, params),
+        lambda: jax.jvp(loss, (params,), (tangents,)),
+        lambda: jax.jacfwd(loss)(params),
+        lambda: jax.hessian(loss)(params),
+        lambda: jax.linearize(loss, params),
+    ):
+        with pytest.raises(st.RefValueError, match=ours):
+            call()
+    g = jax.grad(loss)(st.freeze(params))  # the fix, the same on every JAX
     np.testing.assert_allclose(g["w"][...], [2.0, 2.0])
-    assert params["w"].mutable  # untouched
+    assert params["w"].mutable and params["w"][...].tolist() == [1.0, 1.0]  # untouched
+
+
+def test_mutable_state_not_differentiated_may_stay_mutable() -> None:
+    # What the advice says: state the loss only updates is closed over, or passed in an
+    # argument grad does not differentiate (plumbing, on every JAX).
+    stats = st.BatchStat(jnp.zeros(2), mutable=True)
+
+    def loss(w: jax.Array, stats: st.BatchStat) -> jax.Array:
+        stats[...] = w * 3
+        return (w**2).sum()
+
+    g = jax.grad(loss)(jnp.ones(2), stats)
+    assert g.tolist() == [2.0, 2.0] and stats[...].tolist() == [3.0, 3.0]
 
 
 # ----------------------------------------------------------------- writes
@@ -381,3 +421,91 @@ def test_is_mutable() -> None:
     assert st.is_mutable(jax.new_ref(jnp.zeros(1)))
     assert not st.is_mutable(jnp.zeros(1))
     assert not st.is_mutable("text")
+
+
+# ------------------------------------------------------------------ weak types
+# A weakly typed value (a Python scalar, jnp.asarray(1.0)) promotes like a Python number:
+# times a bfloat16 array it stays bfloat16. jax.new_ref keeps the weak type up to JAX
+# 0.11.1 and drops it from 0.11.2; a Variable remembers it, so every read promotes as
+# the value it was given, on every JAX.
+BF16 = jnp.ones(2, jnp.bfloat16)
+
+
+def _promotes_weakly(x: object) -> bool:
+    return (x * BF16).dtype == jnp.bfloat16 and jnp.multiply(x, BF16).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("mutable", [True, False])
+def test_weakly_typed_variable_promotes_as_the_value_it_was_given(mutable: bool) -> None:
+    for given in (1.5, jnp.asarray(1.5)):
+        v = st.Variable(given, mutable=mutable)
+        assert v.weak_type and v.dtype == jnp.float32
+        assert _promotes_weakly(v) and _promotes_weakly(v[...]) and _promotes_weakly(v.value)
+        assert v[...].weak_type and v.value.weak_type
+        assert jax.jit(lambda v: v * BF16)(v).dtype == jnp.bfloat16  # also inside jit
+        assert jax.jit(lambda v: (v[...] * BF16).dtype == jnp.bfloat16)(v)
+    # A strongly typed value stays strong: float32 times bfloat16 is float32.
+    strong = st.Variable(jnp.float32(1.5), mutable=mutable)
+    assert not strong.weak_type and not strong[...].weak_type
+    assert (strong * BF16).dtype == jnp.float32
+    assert jax.jit(lambda v: v * BF16)(strong).dtype == jnp.float32
+
+
+def test_weak_type_survives_every_conversion() -> None:
+    tree = {"s": jnp.asarray(0.5), "n": jnp.float32(0.5), "k": st.Param(2.0)}
+    live = st.mutable(tree)
+    assert [live[k].weak_type for k in "skn"] == [True, True, False]
+    frozen = st.freeze(live)
+    assert _promotes_weakly(frozen["s"]) and _promotes_weakly(frozen["k"])
+    # The snapshot's arrays are weakly typed themselves (what jax.tree.leaves sees).
+    assert [leaf.weak_type for leaf in jax.tree.leaves(frozen)] == [True, False, True]
+    unboxed = st.unbox(live)
+    assert {k: v.weak_type for k, v in unboxed.items()} == {"k": True, "n": False, "s": True}
+    again = st.mutable(frozen)
+    assert _promotes_weakly(again["s"]) and (again["n"] * BF16).dtype == jnp.float32
+    graphdef, state = st.split(live)
+    merged = st.merge(graphdef, state)
+    assert _promotes_weakly(merged["s"]) and _promotes_weakly(state[("s",)])
+    packed = st.mutable(tree, packed=True)
+    assert (packed["s"] * BF16).dtype == jnp.bfloat16  # a view into a float32 buffer
+    assert _promotes_weakly(packed["s"][...]) and _promotes_weakly(st.freeze(packed)["s"])
+    # A frozen Variable whose array a JAX map made weakly typed is weak once mutable.
+    mapped = jax.tree.map(lambda _: jnp.asarray(1.0), {"n": st.Param(jnp.float32(0.0))})
+    assert _promotes_weakly(st.mutable(mapped)["n"])
+
+
+def test_weak_type_survives_writes() -> None:
+    live = st.mutable({"s": jnp.asarray(0.5), "k": st.Param(2.0)})
+    # Writes keep the Variable's type: a strongly typed float32 written in stays weak.
+    live["s"][...] = jnp.float32(3.0)
+    st.update(live, st.State({("k",): st.Param(jnp.float32(4.0))}))
+    assert _promotes_weakly(live["s"]) and _promotes_weakly(live["k"])
+
+    @jax.jit
+    def step(tree: dict) -> None:
+        tree["s"][...] = tree["s"] * 2  # weak times weak: weak, as on a plain array
+
+    step(live)
+    assert float(live["s"][...]) == 6.0 and _promotes_weakly(live["s"])
+
+
+def test_weak_type_is_not_metadata_and_pickles() -> None:
+    v = st.Variable(1.0, mutable=True, note="x")
+    assert dict(v.metadata) == {"note": "x"}
+    assert repr(v) == "Variable(float32[], mutable=True, note='x', value=1.)"
+    back = pickle.loads(pickle.dumps(st.freeze(v)))
+    # The type, not the promotion: JAX 0.10.2's dispatch cache can serve an unpickled
+    # weakly typed array the executable of a strong one (pure JAX, no Variable).
+    assert back.weak_type and jax.typeof(back.value).weak_type
+    assert dict(back.metadata) == {"note": "x"}
+    assert copy.deepcopy(v).weak_type
+
+
+def test_weak_type_survives_a_checkpoint_round_trip(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("orbax.checkpoint")
+    live = st.mutable({"s": jnp.asarray(0.5), "w": jnp.ones(2, jnp.bfloat16)})
+    st.save(tmp_path / "ckpt", live)
+    fresh = st.mutable({"s": jnp.asarray(0.0), "w": jnp.zeros(2, jnp.bfloat16)})
+    st.restore(tmp_path / "ckpt", fresh)
+    assert float(fresh["s"][...]) == 0.5 and _promotes_weakly(fresh["s"])
+    assert (fresh["s"] * fresh["w"]).dtype == jnp.bfloat16

@@ -106,30 +106,53 @@ def flatten_to_nodes(tree: Any, *, nodes_expected: bool = False) -> tuple[list[A
     it recorded any, a second pass cuts at nodes. Trees without nodes pay one pass, and
     a program that registers classes costs its node-free trees nothing more.
     """
+    saved = _depth.guard()
+    if saved is None:  # the counter cannot be read here: walk the tree first
+        _depth.check_depth(tree, _is_variable, _one_level)
     try:
         if nodes_expected:
-            return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+            return _jax_flatten(tree, _is_graph_leaf, saved)
         if not _TYPES:
-            return jtu.tree_flatten(tree, is_leaf=_is_variable)
+            return _jax_flatten(tree, _is_variable, saved)
         watch = _WATCH
         outer, watch.seen = watch.seen, set()
         try:
-            leaves, treedef = jtu.tree_flatten(tree, is_leaf=_is_variable)
+            leaves, treedef = _jax_flatten(tree, _is_variable, saved)
             met = bool(watch.seen)
         finally:
             watch.seen = outer
         if met:
-            return jtu.tree_flatten(tree, is_leaf=_is_graph_leaf)
+            return _jax_flatten(tree, _is_graph_leaf, saved)
         return leaves, treedef
-    except RecursionError:
-        # Too deep for JAX's flatten, which leaves the recursion counter spent: give it
-        # back first (see _depth; room for the next calls before any call), then say
-        # where.
-        if _depth.leave is not None:
-            for _ in range(_depth.ROOM):
-                _depth.leave()
-        _depth.recover()
-        raise _depth.too_deep(tree, _is_variable) from None
+    except (RecursionError, SystemError):
+        # Too deep for JAX's flatten (or cyclic): the counter is back (_jax_flatten);
+        # say where (see _depth).
+        error = _depth.too_deep(tree, _is_variable, saved, _one_level)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _jax_flatten(tree: Any, is_leaf: Any, saved: Any) -> tuple[list[Any], Any]:
+    """JAX's flatten of ``tree``; when it fails, the thread's recursion counter is put
+    back (``saved``, from ``_depth.guard``) before anything else runs: JAX's failure
+    leaves it spent, and even restoring ``_WATCH.seen`` in the caller's ``finally``
+    needs it on Python 3.12+ (an attribute write there would fail, and leave the
+    watch on)."""
+    try:
+        return jtu.tree_flatten(tree, is_leaf=is_leaf)
+    except BaseException:
+        if saved is not None:
+            saved[0].value = saved[1]  # inline: no call before the counter is back
+        raise
+
+
+def _one_level(node: Any) -> list[tuple[Any, Any]] | None:
+    """``node``'s children one level down, for the walks of ``_depth``: each level is a
+    JAX flatten of its own, so no node counts as met again (and checked for a cycle by
+    :func:`_cut`, a walk of its own) across levels."""
+    _WATCH.met = None
+    return _depth.children(node)
 
 
 def _cut(obj: Any) -> Any:
