@@ -33,6 +33,24 @@ def test_same_structure_different_sharing_is_never_confused() -> None:
             assert rebuilt[key] is tree[key]
 
 
+def test_a_pattern_reused_by_its_ids_still_sees_new_sharing() -> None:
+    # Splitting one tree again matches the recorded ids; other Variables, or the same
+    # ones shared differently, in the same structure must not be taken for it.
+    a, b, c = (st.Param(jnp.full(1, float(i))) for i in range(3))
+    for tree, distinct in [
+        ({"x": a, "y": b, "z": a}, 2),
+        ({"x": a, "y": b, "z": a}, 2),  # same ids: the fast check
+        ({"x": c, "y": b, "z": c}, 2),  # other ids, same repeats: ids re-recorded
+        ({"x": c, "y": b, "z": c}, 2),
+        ({"x": c, "y": c, "z": c}, 1),  # a new repeat: not this pattern
+        ({"x": c, "y": b, "z": a}, 3),
+    ]:
+        graphdef, state = st.split(tree)
+        assert len(state) == distinct
+        rebuilt = st.merge(graphdef, state)
+        assert all(rebuilt[key] is tree[key] for key in "xyz")
+
+
 def test_repeated_split_reuses_the_graphdef_object() -> None:
     tree = {"w": [st.Param(jnp.ones(1)) for _ in range(3)]}
     tree["tied"] = tree["w"][0]

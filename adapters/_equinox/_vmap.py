@@ -87,7 +87,13 @@ def calling(call: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(call)
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        empty = [k for k, v in vars(self).items() if isinstance(v, st.Variable) and not leaves(v)]
+        # A mutable Variable (a Ref, or a slice of a packed buffer) is never hollow: only
+        # frozen ones are flattened to look (a packed one's flatten alone is refused).
+        empty = [
+            k
+            for k, v in vars(self).items()
+            if isinstance(v, st.Variable) and not v.mutable and not leaves(v)
+        ]
         if empty:
             raise hollow_error(f"calling {type(self).__name__}", [f".{k}" for k in empty])
         depth = _DEPTH.get()

@@ -86,6 +86,7 @@ class _Pattern(NamedTuple):
     """What an all-Variable tree looked like last time, to check and reuse."""
 
     leaf_types: tuple[type, ...]
+    leaf_ids: np.ndarray  # the leaves' ids when recorded (ints: no objects held)
     num_values: int
     repeats: tuple[tuple[int, int], ...]
     graphdef: "GraphDef"
@@ -110,13 +111,20 @@ def _reuse(
 ) -> "tuple[GraphDef, list[Any]] | None":
     """The last pattern of this structure, if it still holds for ``leaves``."""
     pattern = _PATTERNS.get(treedef)
-    if (
-        pattern is not None
-        and pattern.leaf_types == types  # so identity-hashed Variables, as when recorded
-        and len(set(map(id, leaves))) == pattern.num_values  # ids: C-level hashes
-        and all(leaves[r] is leaves[f] for r, f in pattern.repeats)
+    if pattern is None or pattern.leaf_types != types:  # types: identity-hashed, as then
+        return None
+    # Which leaves repeat which depends only on which ids are equal: the same ids in the
+    # same order (C loops, no set) repeat as when recorded, whatever objects now hold
+    # them. Otherwise: the recorded repeats still hold and nothing else repeats.
+    ids = np.fromiter(map(id, leaves), np.int64, len(leaves))
+    if np.array_equal(ids, pattern.leaf_ids):
+        return pattern.graphdef, _without(leaves, pattern.repeats)
+    if len(set(ids.tolist())) == pattern.num_values and all(
+        leaves[r] is leaves[f] for r, f in pattern.repeats
     ):
-        # The recorded repeats still hold and nothing else repeats: same pattern.
+        with _PATTERNS_LOCK:  # these ids, for the next split of this tree
+            if _PATTERNS.get(treedef) is pattern:
+                _PATTERNS[treedef] = pattern._replace(leaf_ids=ids)
         return pattern.graphdef, _without(leaves, pattern.repeats)
     return None
 
@@ -136,7 +144,13 @@ def _record(
     with _PATTERNS_LOCK:
         while len(_PATTERNS) >= _PATTERNS_MAX:
             del _PATTERNS[next(iter(_PATTERNS))]  # the oldest
-        _PATTERNS[treedef] = _Pattern(types, len(unique), repeats, graphdef)
+        _PATTERNS[treedef] = _Pattern(
+            types,
+            np.fromiter(map(id, leaves), np.int64, len(leaves)),
+            len(unique),
+            repeats,
+            graphdef,
+        )
     return graphdef, unique
 
 
