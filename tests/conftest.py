@@ -60,7 +60,7 @@ HEAVY_UNITS = {
     "tests/test_checkpoint.py": 12,
     "tests/test_graph.py": 12,
     "tests/test_dicts.py": 10,
-    "tests/test_writes.py": 8,
+    "tests/test_write.py": 8,
     "tests/test_properties.py": 8,
     "tests/test_packed.py": 8,
     "page docs/recipes/scan-over-layers.md": 8,

@@ -1,5 +1,6 @@
 """The import graph of statetree's core: no cycles, also through imports made inside
-functions (a lazy import is a cycle postponed, not removed)."""
+functions (a lazy import is a cycle postponed, not removed); and the tests mirror it: each
+unit has its test module, the one that imports the unit's private modules."""
 
 import ast
 from pathlib import Path
@@ -93,3 +94,69 @@ def test_no_import_cycle_among_statetree_modules() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# ------------------------------------------------------------------ tests mirror the code
+TESTS = Path(__file__).parent
+# Units whose tests live under another name: packing (_packed and its views) is one unit.
+_TESTED_AS = {"_views": "packed", "_version": None}
+# A test module importing another unit's private module, and why no public name serves.
+_REACHES = {
+    ("test_checkpoint", "_graph"): "counts how often a restore flattens the live tree",
+    ("test_jax", "_write"): "the door's answers as the write path's fast path uses them",
+    ("test_write", "_jax"): "stands in for a JAX without the door's buffer attribute",
+}
+
+
+def _units() -> list[str]:
+    """statetree's private modules and packages, by name (``_filters``, ``_write``)."""
+    return sorted(
+        p.stem if p.is_file() else p.name
+        for p in ROOT.iterdir()
+        if p.name.startswith("_")
+        and p.name != "__init__.py"
+        and (p.suffix == ".py" or (p / "__init__.py").exists())
+    )
+
+
+def test_every_unit_has_a_test_module_named_after_it() -> None:
+    units = _units()
+    assert {"_filters", "_write", "_graph"} <= set(units)  # the scan saw the units
+    missing = [
+        unit
+        for unit in units
+        if _TESTED_AS.get(unit, unit.lstrip("_")) is not None
+        and not (TESTS / f"test_{_TESTED_AS.get(unit, unit.lstrip('_'))}.py").exists()
+    ]
+    assert not missing, f"units without tests/test_<unit>.py: {missing}"
+
+
+def _private_units(path: Path) -> set[str]:
+    """The statetree units whose private modules the test module ``path`` imports."""
+    found = set()
+    for target in _imports(path, "tests." + path.stem):
+        parts = target.split(".")
+        if len(parts) > 1 and parts[1].startswith("_") and parts[1] != "__version__":
+            found.add(parts[1])
+    return found
+
+
+def _owns(unit: str, test: str) -> bool:
+    """Whether ``test`` (a test module's name) holds tests of ``unit``: it is named after the
+    unit, or, for a package, after one of its modules (``_graph/_nodes.py``: test_nodes)."""
+    name = _TESTED_AS.get(unit) or unit.lstrip("_")
+    return test == f"test_{name}" or (ROOT / unit / f"_{test.removeprefix('test_')}.py").exists()
+
+
+def test_private_modules_are_imported_only_by_their_units_tests() -> None:
+    assert "_write" in _private_units(TESTS / "test_write.py")  # the scan sees imports
+    reaches = {
+        (path.stem, unit)
+        for path in sorted(TESTS.glob("test_*.py"))
+        for unit in _private_units(path)
+        if not _owns(unit, path.stem)
+    }
+    assert reaches == set(_REACHES), (
+        f"test modules reaching other units' private modules: {sorted(reaches - set(_REACHES))}"
+        f"; listed but gone: {sorted(set(_REACHES) - reaches)}"
+    )

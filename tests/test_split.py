@@ -58,51 +58,6 @@ def test_split_by_kinds_first_match_wins() -> None:
     assert rebuilt["act"] == "gelu"
 
 
-def test_path_filters_and_combinators() -> None:
-    m = model()
-    _, bn, _other = st.split(m, st.PathContains("bn"), ...)
-    assert set(bn) == {("bn", "mean"), ("bn", "var")}
-    _, kernel, _ = st.split(m, st.All(st.Param, st.PathContains("kernel")), ...)
-    assert set(kernel) == {("linear", "kernel")}
-    _, not_param, _ = st.split(m, st.Not(st.Param), ...)
-    assert len(not_param) == 3
-    _, either, _ = st.split(m, st.Any(st.PathContains("bias"), st.BatchStat), ...)
-    assert len(either) == 3
-    _, pred, _ = st.split(m, lambda path, v: path[-1] == "var", ...)
-    assert set(pred) == {("bn", "var")}
-    _, idx, _ = st.split({"layers": [jnp.ones(1), jnp.ones(2)]}, st.PathContains(1), ...)
-    assert set(idx) == {("layers", 1)}
-
-
-def test_filter_reprs() -> None:
-    f = st.Any(st.Param, st.Not(st.PathContains("bn")), ...)
-    assert repr(f) == "Any(Param, Not(PathContains('bn')), ...)"
-    assert st.PathContains("a") == st.PathContains("a")
-    assert hash(st.All(st.Param)) == hash(st.All(st.Param))
-
-
-def test_kind_filters_match_variables_only() -> None:
-    tree = {"v": st.Variable(jnp.ones(1)), "a": jnp.ones(1), "r": jax.new_ref(jnp.ones(1))}
-    _, variables, rest = st.split(tree, st.Variable, ...)
-    assert set(variables) == {("v",)} and set(rest) == {("a",), ("r",)}
-
-
-def test_unclaimed_value_names_its_path() -> None:
-    with pytest.raises(st.StructureError, match=r"Unclaimed:\n  \['bn'\]\['mean'\]"):
-        st.split(model(), st.Param, PathsOnly("count"))
-
-
-def PathsOnly(key: str) -> st.PathContains:
-    return st.PathContains(key)
-
-
-def test_not_a_filter() -> None:
-    with pytest.raises(TypeError, match=r"Not a filter: 'bn'.*PathContains"):
-        st.split(model(), "bn")
-    with pytest.raises(TypeError, match="Not a filter"):
-        st.Not(3)
-
-
 def test_eager_split_merge_share_storage() -> None:
     m = model()
     graphdef, state = st.split(m)
@@ -173,14 +128,6 @@ def test_graphdef_records_no_shapes() -> None:
     g1, _ = st.split({"w": st.Param(jnp.ones(2))})
     g2, _ = st.split({"w": st.Param(jnp.ones((5, 5)))})
     assert g1 == g2
-
-
-def test_graphdef_repr_marks_shared_paths() -> None:
-    v = st.Param(jnp.ones(1))
-    graphdef, _ = st.split({"a": v, "b": v, "c": st.BatchStat(jnp.ones(1))})
-    assert repr(graphdef) == (
-        "GraphDef(2 values:\n  ['a']: Param  shared with ['b']\n  ['c']: BatchStat\n)"
-    )
 
 
 def test_states_sliced_by_scan_and_vmap_still_merge() -> None:
@@ -372,13 +319,6 @@ def test_long_does_not_fit_reports_are_cut_with_a_count() -> None:
     assert message.startswith("merge: the States do not fit the GraphDef.\nmissing (")
     assert "  ['v19']\n  ... and 10 more\nPass exactly the States" in message
     assert "['v20']" not in message
-
-
-def test_keystr_formats_plain_paths_and_jax_key_entries() -> None:
-    assert st.keystr(("layers", 0, "kernel")) == "['layers'][0]['kernel']"
-    assert st.keystr(()) == "<root>"
-    path = (jax.tree_util.GetAttrKey("w"), jax.tree_util.SequenceKey(1))
-    assert st.keystr(path) == jax.tree_util.keystr(path) == ".w[1]"
 
 
 # ------------------------------------------------------------------ assign

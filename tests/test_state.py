@@ -86,18 +86,3 @@ def test_grad_through_a_frozen_state() -> None:
     grads = jax.grad(loss)(st.freeze(params))
     assert isinstance(grads, st.State) and set(grads) == set(params)
     np.testing.assert_allclose(grads["layers", 1, "w"][...], np.full((2, 2), 2.0))
-
-
-def test_repr() -> None:
-    assert repr(st.state(tree()).filter(st.PathContains(1))) == (
-        "State({\n"
-        "  ['layers'][1]['n']: BatchStat float32[2] mutable\n"
-        "  ['layers'][1]['w']: Param float32[2,2] frozen\n"
-        "})"
-    )
-    assert repr(st.State()) == "State({})"
-    v = st.Param(jnp.ones(1))
-    assert repr(st.state({"a": v, "b": [v]})) == (
-        "State({\n  ['a']: Param float32[1] frozen  (shared with ['b'][0])\n})"
-    )
-    assert "Ref int32[] mutable" in repr(st.state({"r": jax.new_ref(jnp.array(0))}))

@@ -16,10 +16,8 @@ def test_wrong_typed_call_fails_under_the_plugin() -> None:
 
 
 def test_return_annotations_are_checked_too() -> None:
-    import statetree._errors as errors
-
     with pytest.raises(TypeCheckError):
-        errors.format_path(7)  # type: ignore[arg-type]
+        st.keystr(7)  # type: ignore[arg-type]
 
 
 def test_corpus_names_match() -> None:

@@ -1,7 +1,8 @@
-"""Variables: construction, reads, writes, array behaviour, kinds, errors."""
+"""Variables: construction, reads, writes, kinds, errors.
+
+Their array behaviour is tested in test_array_ops.py, their weak types in test_weak.py."""
 
 import copy
-import pathlib
 import pickle
 
 import jax
@@ -319,29 +320,7 @@ def test_writing_a_variable_writes_its_value() -> None:
     np.testing.assert_array_equal(v[...], [1, 1])
 
 
-# ----------------------------------------------------------------- array behaviour
-def test_operators_and_jnp_functions() -> None:
-    w = st.Param(jnp.array([[1.0, 2.0], [3.0, 4.0]]), mutable=True)
-    b = st.Param(jnp.array([1.0, -1.0]))
-    x = jnp.ones((1, 2))
-    np.testing.assert_allclose(x @ w + b, [[5.0, 5.0]])
-    np.testing.assert_allclose(w @ w, np.array([[7, 10], [15, 22]]))  # operators read twice
-    np.testing.assert_allclose(-b, [-1.0, 1.0])
-    np.testing.assert_allclose(2**b, [2.0, 0.5])
-    np.testing.assert_array_equal(b < 0, [False, True])
-    np.testing.assert_array_equal(b == b, [True, True])
-    np.testing.assert_allclose(jnp.sin(b), np.sin([1.0, -1.0]), rtol=1e-6)
-    np.testing.assert_allclose(jnp.sum(w), 10.0)
-    np.testing.assert_allclose(np.asarray(w), [[1, 2], [3, 4]])
-    assert (w.shape, w.dtype, w.ndim, w.size, len(w)) == ((2, 2), jnp.float32, 2, 4, 2)
-    assert w.sharding is not None
-    rows = list(w)
-    np.testing.assert_array_equal(rows[1], [3, 4])
-    np.testing.assert_array_equal(w.T, [[1, 3], [2, 4]])  # array attributes forwarded
-    assert float(st.Variable(jnp.array(2.5))) == 2.5
-    assert int(st.Variable(jnp.array(3))) == 3
-
-
+# ----------------------------------------------------------------- reads, copies, repr
 @pytest.mark.parametrize("mutable", [False, True])
 def test_sharding_of_a_traced_variable_is_its_abstract_sharding(mutable: bool) -> None:
     seen = []
@@ -353,19 +332,6 @@ def test_sharding_of_a_traced_variable_is_its_abstract_sharding(mutable: bool) -
     f(st.Variable(jnp.ones(2), mutable=mutable))
     ((traced, of_value),) = seen
     assert traced == of_value and traced.spec == jax.sharding.PartitionSpec(None)
-
-
-def test_variables_stay_hashable_despite_elementwise_eq() -> None:
-    v = st.Variable(jnp.zeros(2))
-    assert {v: 1}[v] == 1
-
-
-def test_jnp_call_with_one_mutable_variable_twice_is_a_jax_limit() -> None:
-    # jnp functions run under an internal jit, which refuses one Ref passed twice.
-    v = st.Variable(jnp.ones(2), mutable=True)
-    with pytest.raises(ValueError, match="only one reference to a mutable array"):
-        jnp.dot(v, v)
-    assert float(v @ v) == 2.0  # operators read the value first: fine
 
 
 def test_indexing_follows_arrays_including_none() -> None:
@@ -380,19 +346,6 @@ def test_indexing_follows_arrays_including_none() -> None:
         return v[None, 0]
 
     assert read(v).shape == (1, 3)
-
-
-def test_len_of_scalar_raises() -> None:
-    with pytest.raises(TypeError, match="unsized"):
-        len(st.Variable(jnp.array(1.0)))
-
-
-def test_missing_attribute_error() -> None:
-    v = st.Variable(jnp.zeros(2))
-    with pytest.raises(AttributeError, match="neither has its array value"):
-        v.no_such_thing
-    with pytest.raises(AttributeError, match="_private"):
-        v._private
 
 
 def test_copy_and_pickle_keep_the_kind() -> None:
@@ -421,91 +374,3 @@ def test_is_mutable() -> None:
     assert st.is_mutable(jax.new_ref(jnp.zeros(1)))
     assert not st.is_mutable(jnp.zeros(1))
     assert not st.is_mutable("text")
-
-
-# ------------------------------------------------------------------ weak types
-# A weakly typed value (a Python scalar, jnp.asarray(1.0)) promotes like a Python number:
-# times a bfloat16 array it stays bfloat16. jax.new_ref keeps the weak type up to JAX
-# 0.11.1 and drops it from 0.11.2; a Variable remembers it, so every read promotes as
-# the value it was given, on every JAX.
-BF16 = jnp.ones(2, jnp.bfloat16)
-
-
-def _promotes_weakly(x: object) -> bool:
-    return (x * BF16).dtype == jnp.bfloat16 and jnp.multiply(x, BF16).dtype == jnp.bfloat16
-
-
-@pytest.mark.parametrize("mutable", [True, False])
-def test_weakly_typed_variable_promotes_as_the_value_it_was_given(mutable: bool) -> None:
-    for given in (1.5, jnp.asarray(1.5)):
-        v = st.Variable(given, mutable=mutable)
-        assert v.weak_type and v.dtype == jnp.float32
-        assert _promotes_weakly(v) and _promotes_weakly(v[...]) and _promotes_weakly(v.value)
-        assert v[...].weak_type and v.value.weak_type
-        assert jax.jit(lambda v: v * BF16)(v).dtype == jnp.bfloat16  # also inside jit
-        assert jax.jit(lambda v: (v[...] * BF16).dtype == jnp.bfloat16)(v)
-    # A strongly typed value stays strong: float32 times bfloat16 is float32.
-    strong = st.Variable(jnp.float32(1.5), mutable=mutable)
-    assert not strong.weak_type and not strong[...].weak_type
-    assert (strong * BF16).dtype == jnp.float32
-    assert jax.jit(lambda v: v * BF16)(strong).dtype == jnp.float32
-
-
-def test_weak_type_survives_every_conversion() -> None:
-    tree = {"s": jnp.asarray(0.5), "n": jnp.float32(0.5), "k": st.Param(2.0)}
-    live = st.mutable(tree)
-    assert [live[k].weak_type for k in "skn"] == [True, True, False]
-    frozen = st.freeze(live)
-    assert _promotes_weakly(frozen["s"]) and _promotes_weakly(frozen["k"])
-    # The snapshot's arrays are weakly typed themselves (what jax.tree.leaves sees).
-    assert [leaf.weak_type for leaf in jax.tree.leaves(frozen)] == [True, False, True]
-    unboxed = st.unbox(live)
-    assert {k: v.weak_type for k, v in unboxed.items()} == {"k": True, "n": False, "s": True}
-    again = st.mutable(frozen)
-    assert _promotes_weakly(again["s"]) and (again["n"] * BF16).dtype == jnp.float32
-    graphdef, state = st.split(live)
-    merged = st.merge(graphdef, state)
-    assert _promotes_weakly(merged["s"]) and _promotes_weakly(state[("s",)])
-    packed = st.mutable(tree, packed=True)
-    assert (packed["s"] * BF16).dtype == jnp.bfloat16  # a view into a float32 buffer
-    assert _promotes_weakly(packed["s"][...]) and _promotes_weakly(st.freeze(packed)["s"])
-    # A frozen Variable whose array a JAX map made weakly typed is weak once mutable.
-    mapped = jax.tree.map(lambda _: jnp.asarray(1.0), {"n": st.Param(jnp.float32(0.0))})
-    assert _promotes_weakly(st.mutable(mapped)["n"])
-
-
-def test_weak_type_survives_writes() -> None:
-    live = st.mutable({"s": jnp.asarray(0.5), "k": st.Param(2.0)})
-    # Writes keep the Variable's type: a strongly typed float32 written in stays weak.
-    live["s"][...] = jnp.float32(3.0)
-    st.update(live, st.State({("k",): st.Param(jnp.float32(4.0))}))
-    assert _promotes_weakly(live["s"]) and _promotes_weakly(live["k"])
-
-    @jax.jit
-    def step(tree: dict) -> None:
-        tree["s"][...] = tree["s"] * 2  # weak times weak: weak, as on a plain array
-
-    step(live)
-    assert float(live["s"][...]) == 6.0 and _promotes_weakly(live["s"])
-
-
-def test_weak_type_is_not_metadata_and_pickles() -> None:
-    v = st.Variable(1.0, mutable=True, note="x")
-    assert dict(v.metadata) == {"note": "x"}
-    assert repr(v) == "Variable(float32[], mutable=True, note='x', value=1.)"
-    back = pickle.loads(pickle.dumps(st.freeze(v)))
-    # The type, not the promotion: JAX 0.10.2's dispatch cache can serve an unpickled
-    # weakly typed array the executable of a strong one (pure JAX, no Variable).
-    assert back.weak_type and jax.typeof(back.value).weak_type
-    assert dict(back.metadata) == {"note": "x"}
-    assert copy.deepcopy(v).weak_type
-
-
-def test_weak_type_survives_a_checkpoint_round_trip(tmp_path: pathlib.Path) -> None:
-    pytest.importorskip("orbax.checkpoint")
-    live = st.mutable({"s": jnp.asarray(0.5), "w": jnp.ones(2, jnp.bfloat16)})
-    st.save(tmp_path / "ckpt", live)
-    fresh = st.mutable({"s": jnp.asarray(0.0), "w": jnp.zeros(2, jnp.bfloat16)})
-    st.restore(tmp_path / "ckpt", fresh)
-    assert float(fresh["s"][...]) == 0.5 and _promotes_weakly(fresh["s"])
-    assert (fresh["s"] * fresh["w"]).dtype == jnp.bfloat16

@@ -1,4 +1,4 @@
-"""The one write path (statetree._plan): remat-safe state, checks before any write, static
+"""The one write path (statetree._write): remat-safe state, checks before any write, static
 index ranges, NumPy scalars, values that are no array, and every writer going through it."""
 
 import jax
@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 import statetree as st
+from statetree._write import bulk as _bulk
 from statetree._write import plan as _plan
+from statetree._write import storage as _storage
 
 # ----------------------------------------------------------------- 14.1 remat
 
@@ -451,7 +453,7 @@ def test_every_writer_goes_through_the_plan(monkeypatch: pytest.MonkeyPatch, tmp
 # st.update of many values checks the common case (concrete arrays of each Ref's exact
 # type and sharding, or NumPy arrays of its shape and dtype) in C-level passes instead
 # of one `prepare` per value; every other value takes `prepare`, with its messages.
-N_FAST = 20  # at least statetree._bulk.MIN_GROUP: the fast path's threshold
+N_FAST = 20  # at least statetree._write.bulk.MIN_GROUP: the fast path's threshold
 
 
 def _tree_of(n: int = N_FAST, kind: type = st.Param) -> dict[str, st.Variable]:
@@ -621,3 +623,78 @@ def test_numpy_values_of_any_layout_and_dtype_take_the_fast_path(monkeypatch) ->
     assert calls == []
     assert tree["v01"][...].tolist() == [1.0, 21.0, 41.0]
     assert tree["v01"][...].dtype == jnp.bfloat16
+
+
+# ----------------------------------------------------------------- many Refs at once
+# st.freeze, st.unbox and st.update read and write groups of at least bulk.MIN_GROUP
+# Refs of one shape, dtype and sharding in one dispatch per chunk (statetree._write.bulk).
+def _many(n: int = 40) -> dict[str, object]:
+    values = {f"v{i:03d}": jnp.full((3,), i, jnp.float32) for i in range(n)}
+    values["odd"] = jnp.arange(5)  # a group of one: read and written one by one
+    return st.mutable(values)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["buffers", "refs"])
+def test_many_refs_freeze_to_snapshots_and_update_in_place(
+    fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from statetree import _jax
+
+    assert _bulk.MIN_GROUP <= 40
+    if not fast:  # a JAX without the buffer attribute: the public jitted paths
+        monkeypatch.setattr(_jax, "buffer", lambda ref: None)
+    batches: list[int] = []
+    for name in ("_copy_arrays", "_read_refs", "_write_refs"):
+        jitted = getattr(_bulk, name)
+        spy = lambda *args, _f=jitted: batches.append(len(args[0])) or _f(*args)
+        monkeypatch.setattr(_bulk, name, spy)
+    copy_to = _bulk._copy_to  # copies committed to a sharding (JAX >= 0.11.2's buffers)
+    monkeypatch.setattr(
+        _bulk,
+        "_copy_to",
+        lambda s: lambda arrays: batches.append(len(arrays)) or copy_to(s)(arrays),
+    )
+    tree = _many()
+    frozen = st.freeze(tree)
+    unboxed = st.unbox(tree)
+    tree["v007"][...] = 70.0  # later writes reach neither snapshot
+    tree["odd"][0] = 9
+    assert frozen["v007"][...].tolist() == [7.0] * 3 and unboxed["v007"].tolist() == [7.0] * 3
+    assert frozen["odd"][...].tolist() == [0, 1, 2, 3, 4]
+    assert not frozen["v007"].mutable and isinstance(unboxed["odd"], jax.Array)
+
+    new = {k: (v + 1 if k != "odd" else v * 2) for k, v in st.unbox(frozen).items()}
+    st.update(tree, st.state(new))
+    after = st.unbox(tree)
+    for k, v in new.items():
+        np.testing.assert_array_equal(after[k], v)
+        assert after[k].dtype == tree[k].dtype
+    # The Refs own their new buffers: changing them leaves the caller's arrays alone.
+    tree["v001"][...] = -1.0
+    assert new["v001"].tolist() == [2.0] * 3
+    # freeze, unbox, update, unbox: the 40 float32[3] in chunks of 32 and 8 each time.
+    assert batches == [32, 8] * 4
+
+
+def test_many_refs_last_write_to_one_ref_wins() -> None:
+    refs = [jax.new_ref(jnp.zeros(2)) for _ in range(20)]
+    writes = [(r, jnp.full(2, 1.0)) for r in refs] + [(refs[3], jnp.full(2, 5.0))]
+    _storage.write_all(writes)
+    assert refs[3][...].tolist() == [5.0, 5.0] and refs[4][...].tolist() == [1.0, 1.0]
+    # Reads of many Refs are copies: a later in-place write does not reach them.
+    values = _storage.read_all(refs)
+    refs[0][...] = jnp.full(2, 7.0)
+    assert values[0].tolist() == [1.0, 1.0]
+
+
+def test_many_refs_take_numpy_values_in_one_transfer() -> None:
+    refs = [jax.new_ref(jnp.zeros(2, jnp.float32)) for _ in range(20)]
+    values = [np.full(2, i, np.float32) for i in range(20)]
+    _storage.write_all(list(zip(refs, values, strict=True)))
+    values[3][...] = 99.0  # the Refs hold copies: the caller's NumPy arrays stay theirs
+    assert [r[...].tolist() for r in refs] == [[float(i)] * 2 for i in range(20)]
+
+
+def test_many_refs_cut_into_power_of_two_chunks() -> None:
+    sizes = [len(c) for c in _bulk._chunks(list(range(2 * _bulk.CHUNK + 13)))]
+    assert sizes == [_bulk.CHUNK, _bulk.CHUNK, 8, 4, 1]
