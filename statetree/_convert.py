@@ -18,6 +18,7 @@ from ._filters import needs_path, to_predicate
 from ._graph import GraphDef
 from ._packed import Packed
 from ._variables import UNHOLDABLE_FIX, Variable, unholdable
+from ._variables import raw_of as _raw_of
 from ._weak import WEAK_TYPE, as_weak, weak_metadata
 from ._write import bulk as _bulk
 from ._write import plan as _plan
@@ -87,7 +88,7 @@ def _map_read(
     new = list(values)
     where, raws = [], []
     for i, (value, take) in enumerate(zip(values, chosen, strict=True)):
-        raw = value._raw if isinstance(value, Variable) else value
+        raw = _raw_of(value) if isinstance(value, Variable) else value
         if take and _storage.is_storage(raw):
             where.append(i)
             raws.append(raw)
@@ -98,9 +99,6 @@ def _map_read(
     for i, array in zip(where, arrays, strict=True):
         new[i] = fn(values[i], array)
     return _graph.unflatten(graphdef, new)
-
-
-_raw_of = operator.attrgetter("_raw")
 
 
 def _weak_again(metadata: list[Any], arrays: list[Any]) -> None:
@@ -119,10 +117,10 @@ def _to_mutable(value: Any) -> Any:
         if value.mutable:
             return value
         kind = type(value)
-        storage = _storage.new_storage(value._raw, kind.differentiable)
+        storage = _storage.new_storage(_raw_of(value), kind.differentiable)
         # A frozen Variable whose array is weakly typed (JAX's own maps can make one)
         # stays so once mutable, where the Ref does not keep the weak type.
-        return kind._from_raw(storage, weak_metadata(value._raw, value._metadata))
+        return kind._from_raw(storage, weak_metadata(_raw_of(value), value._metadata))
     if _storage.is_storage(value):
         return value
     array = jnp.asarray(value)

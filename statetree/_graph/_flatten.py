@@ -15,7 +15,6 @@ the leaves. Paths are computed only when asked for. README.md beside this file h
 model (values, slots, parts, extras, repeats) and which path serves which tree.
 """
 
-import operator
 import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -25,16 +24,16 @@ import numpy as np
 
 from .._errors import StructureError
 from .._variables import Variable
+from .._variables import raw_of as _raw_of  # a Variable's array, Ref or View
 from .._write import storage as _storage
 from . import _nodes
 from ._attrs import Static
-from ._graphdef import GraphDef, _Node, _Part
+from ._graphdef import GraphDef, Node, Part
 
 __all__ = ["flatten", "unflatten"]
 
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 _is_variable = Variable.__instancecheck__  # a C-level bound method: cheap in C loops
-_raw_of = operator.attrgetter("_raw")  # a Variable's array, Ref or View
 
 # A non-array leaf (an int, a string, a function) kept in the structure.
 
@@ -140,7 +139,7 @@ def _record(
             _PATTERNS.pop(treedef, None)  # a pattern recorded before the twins were made
         return None
     repeats = () if first is None else tuple((i, f) for i, f in enumerate(first) if f != i)
-    graphdef = GraphDef((_Part(treedef, slots, (), None, repeats),), tuple(map(type, unique)))
+    graphdef = GraphDef((Part(treedef, slots, (), None, repeats),), tuple(map(type, unique)))
     with _PATTERNS_LOCK:
         while len(_PATTERNS) >= _PATTERNS_MAX:
             del _PATTERNS[next(iter(_PATTERNS))]  # the oldest
@@ -167,7 +166,7 @@ class _Flattener:
     not serve (a tree with arrays, Refs, non-array leaves or registered nodes).
 
     It builds the value list and the parts of a GraphDef (see README.md). ``part`` turns
-    one JAX flatten into a :class:`_Part`: each leaf becomes a slot, either a value index
+    one JAX flatten into a :class:`Part`: each leaf becomes a slot, either a value index
     (a Variable or Ref met before reuses its index, looked up by ``id``; so does a
     second Variable of the same kind and metadata around the same Ref, the pair
     ``eqx.nn.Shared`` hands out; an array always gets a new one) or an extra (a static
@@ -186,7 +185,7 @@ class _Flattener:
         self.raws: dict[int, int] = {}  # id(a Variable's array or Ref) -> its first value
         self.node_ids: dict[int, int] = {}  # id(node) -> part index
         self.in_progress: set[int] = set()
-        self.parts: list[_Part | None] = []
+        self.parts: list[Part | None] = []
 
     def part(self, tree: Any, node_aux: Any, flat: tuple[list[Any], Any] | None = None) -> int:
         """Add the part for ``tree`` (``flat``: its leaves and treedef, when known);
@@ -199,7 +198,7 @@ class _Flattener:
             extras: tuple[Any, ...] = ()
         else:
             slots, extras = self._mixed(leaves)
-        self.parts[index] = _Part(treedef, slots, extras, node_aux)
+        self.parts[index] = Part(treedef, slots, extras, node_aux)
         return index
 
     def _variables(self, leaves: list[Any]) -> Sequence[int]:
@@ -226,7 +225,7 @@ class _Flattener:
         slot = self.ids.get(key)
         if slot is not None:
             return slot
-        raw = leaf._raw
+        raw = _raw_of(leaf)
         twin = self.raws.get(id(raw))
         if twin is not None:
             first = self.values[twin]
@@ -264,7 +263,7 @@ class _Flattener:
                 self.kinds.append(None)
             elif _nodes.is_node(leaf):
                 slots.append(-1 - len(extras))
-                extras.append(_Node(self.node(leaf)))
+                extras.append(Node(self.node(leaf)))
             else:
                 slots.append(-1 - len(extras))
                 extras.append(Static(leaf))

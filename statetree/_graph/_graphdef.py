@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import jax.tree_util as jtu
 
-__all__ = ["GraphDef", "Path", "PathKey"]
+__all__ = ["GraphDef", "Node", "Part", "Path", "PathKey"]
 
 Path = tuple[Any, ...]
 
@@ -19,19 +19,19 @@ Path = tuple[Any, ...]
 _EXPANSIONS = 8
 
 
-class _Node(NamedTuple):
+class Node(NamedTuple):
     """A registered node; ``part`` is the index of the part holding its children."""
 
     part: int
 
 
-class _Part(NamedTuple):
+class Part(NamedTuple):
     """One ``tree_flatten`` worth of structure.
 
     ``slots`` has one entry per leaf of ``treedef`` (a ``range`` when the leaves are
     distinct values in order): an int ``i >= 0`` is value ``i`` (the same int twice
     means the same object twice); ``-1 - j`` is ``extras[j]``, a ``Static`` (a
-    non-array leaf) or a :class:`_Node`. ``node_aux`` is None for the root part and the
+    non-array leaf) or a :class:`Node`. ``node_aux`` is None for the root part and the
     node's aux data (which holds its class) for a node's part. ``repeats``, set for an
     all-Variable root, lists ``(position, first position)`` for each leaf that repeats
     an earlier one: ``unflatten`` then rebuilds the leaves with a few list inserts.
@@ -104,10 +104,10 @@ class GraphDef:
 
     __slots__ = ("_hash", "_keys", "_occurrences", "_path_index", "_paths", "kinds", "parts")
 
-    parts: tuple[_Part, ...]
+    parts: tuple[Part, ...]
     kinds: tuple[type | None, ...]
 
-    def __init__(self, parts: tuple[_Part, ...], kinds: tuple[type | None, ...]) -> None:
+    def __init__(self, parts: tuple[Part, ...], kinds: tuple[type | None, ...]) -> None:
         self.parts = parts
         self.kinds = kinds  # per value: its Variable kind, or None for an array/Ref
         self._hash: int | None = None
@@ -155,7 +155,7 @@ class GraphDef:
                     continue
                 extra = part.extras[-1 - slot]
                 if (
-                    isinstance(extra, _Node)
+                    isinstance(extra, Node)
                     and extra.part not in active
                     and expanded[extra.part] < _EXPANSIONS
                 ):
@@ -213,7 +213,7 @@ class GraphDef:
                 if slot >= 0:
                     return slot if len(keys) == len(rest) else None
                 extra = part.extras[-1 - slot]
-                if not isinstance(extra, _Node) or len(keys) == len(rest):
+                if not isinstance(extra, Node) or len(keys) == len(rest):
                     return None
                 part_index, rest = extra.part, rest[len(keys) :]
                 break
