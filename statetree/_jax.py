@@ -32,6 +32,7 @@ __all__ = [
     "all_equal",
     "Tracer",
     "buffer",
+    "checking_leaks",
     "coordination_client",
     "escaped",
     "is_tracer",
@@ -342,3 +343,13 @@ def _find_to_weak() -> Any:
 
 
 to_weak: Any = _find_to_weak()
+
+
+# ---------------------------------------------------------------------- leak checks
+def checking_leaks() -> bool:
+    """Whether ``jax.checking_leaks`` (the ``jax_check_tracer_leaks`` flag) is on here:
+    JAX then reports every tracer alive after its trace as leaked, so statetree's records
+    of values written in a trace (statetree._recall, statetree._views) keep nothing.
+    Public (a documented config flag); read through ``getattr`` because the flag's
+    attribute is made at run time, and False where a JAX drops it."""
+    return bool(getattr(jax.config, "jax_check_tracer_leaks", False))

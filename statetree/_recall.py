@@ -35,7 +35,7 @@ from typing import Any
 
 import jax
 
-from ._jax import Tracer, top_level, trace_state
+from ._jax import Tracer, checking_leaks, top_level, trace_state
 
 __all__ = ["forget", "live", "recall", "remember", "remember_all"]
 
@@ -75,7 +75,7 @@ def remember_all(writes: list[tuple[Any, Any]]) -> None:
     written = _WRITTEN
     # Under jax.checking_leaks a tracer kept here past its trace would be reported as
     # leaked: nothing is remembered, and reads after writes get no gradient back.
-    keep = not _checking_leaks()
+    keep = not checking_leaks()
     trace = trace_state()
     for raw, value in writes:
         if not isinstance(raw, jax.Ref):
@@ -91,12 +91,6 @@ def remember_all(writes: list[tuple[Any, Any]]) -> None:
             written.values = {}
         written.trace = trace
         written.values[id(raw)] = (raw, value)
-
-
-def _checking_leaks() -> bool:
-    """Whether ``jax.checking_leaks`` (the ``jax_check_tracer_leaks`` flag) is on here."""
-    config: Any = jax.config  # the flag's attribute is made at run time
-    return bool(config.jax_check_tracer_leaks)
 
 
 def _explicit(value: Any) -> bool:

@@ -181,8 +181,8 @@ def _remember(view: View, value: Any) -> None:
     """After a whole-slot write of ``value`` into ``view``: remember it if traced (and
     not on a mesh with explicit axes, where a read from the buffer has the buffer's
     layout as its type, which the value written need not have)."""
-    if not _jax.is_tracer(view.buffer) or _explicit(view.buffer):
-        return
+    if not _jax.is_tracer(view.buffer) or _explicit(view.buffer) or _jax.checking_leaks():
+        return  # under jax.checking_leaks a tracer kept past its trace is a reported leak
     written = _WRITTEN
     written.enter(_jax.trace_state())
     written.values[(id(view.buffer), view.where)] = (view.buffer, value)
@@ -209,7 +209,7 @@ def _snapshot(buffer: Any) -> Any:
     CPU backend then runs every such write as a pass over the whole buffer: a step
     writing each of 1,000 slots without reading them back ran 20x slower (see the W5
     benchmark's raw-JAX rows). On a mesh with explicit axes, nothing is remembered."""
-    if _explicit(buffer):
+    if _explicit(buffer) or _jax.checking_leaks():
         return buffer[...]
     written = _WRITTEN
     written.enter(_jax.trace_state())

@@ -535,3 +535,24 @@ def test_eager_slot_reads_share_one_compiled_reader_per_shape_and_dtype() -> Non
     packed["d"][...] = jnp.full((2, 3), 7.0)  # an eager write, then a read of it
     np.testing.assert_array_equal(packed["d"][...], jnp.full((2, 3), 7.0))
     np.testing.assert_array_equal(packed["a"][...], tree["a"])  # its neighbour unchanged
+
+
+def test_packed_writes_keep_no_tracer_under_checking_leaks() -> None:
+    # The packed views remember values written and buffers read in a trace; JAX reports
+    # a tracer alive after its trace as a leak, so under jax.checking_leaks they keep
+    # nothing (reads then slice the buffer as it stands: the same numbers).
+    model = st.mutable({"w": st.Param(jnp.ones(3)), "b": st.Param(jnp.zeros(2))}, packed=True)
+    optimizer = st.Optimizer(model, optax.sgd(0.5))
+
+    @jax.jit
+    def step(model: st.Packed, optimizer: st.Optimizer) -> jax.Array:
+        model["b"][...] = model["b"][...] + 1.0
+        loss, grads = jax.value_and_grad(lambda w: jnp.sum(w**2))(model["w"][...])
+        optimizer.update(model, {"w": grads, "b": jnp.zeros(2)})
+        return loss + jnp.sum(model["b"][...])
+
+    with jax.checking_leaks():
+        out = step(model, optimizer)
+    assert float(out) == 5.0
+    np.testing.assert_array_equal(model["b"][...], jnp.ones(2))
+    np.testing.assert_allclose(model["w"][...], jnp.zeros(3))
