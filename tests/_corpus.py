@@ -68,3 +68,28 @@ def assert_trees_equal(a: Any, b: Any) -> None:
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
         else:
             assert x == y
+
+
+def layer_model() -> dict:
+    """A mutable model of each kind of leaf: Params, BatchStats, a bare array (which
+    becomes a Variable) and a static string (tests of split, merge and filters)."""
+    return st.mutable(
+        {
+            "linear": {"kernel": st.Param(jnp.ones((2, 3))), "bias": st.Param(jnp.zeros(3))},
+            "bn": {"mean": st.BatchStat(jnp.zeros(3)), "var": st.BatchStat(jnp.ones(3))},
+            "count": jnp.array(0),
+            "act": "gelu",
+        }
+    )
+
+
+def two_layers() -> dict:
+    """Two layers of a frozen Param and a mutable BatchStat, and a bare step counter
+    (tests of State and of how it prints)."""
+    return {
+        "layers": [
+            {"w": st.Param(jnp.ones((2, 2))), "n": st.BatchStat(jnp.zeros(2), mutable=True)},
+            {"w": st.Param(jnp.ones((2, 2))), "n": st.BatchStat(jnp.zeros(2), mutable=True)},
+        ],
+        "step": jnp.array(0),
+    }

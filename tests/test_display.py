@@ -2,18 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+from _corpus import two_layers as tree
 
 import statetree as st
-
-
-def tree() -> dict:
-    return {
-        "layers": [
-            {"w": st.Param(jnp.ones((2, 2))), "n": st.BatchStat(jnp.zeros(2), mutable=True)},
-            {"w": st.Param(jnp.ones((2, 2))), "n": st.BatchStat(jnp.zeros(2), mutable=True)},
-        ],
-        "step": jnp.array(0),
-    }
 
 
 def test_state_repr_shows_each_path_kind_form_and_sharing() -> None:

@@ -4,19 +4,9 @@ st.split uses them."""
 import jax
 import jax.numpy as jnp
 import pytest
+from _corpus import layer_model as model
 
 import statetree as st
-
-
-def model() -> dict:
-    return st.mutable(
-        {
-            "linear": {"kernel": st.Param(jnp.ones((2, 3))), "bias": st.Param(jnp.zeros(3))},
-            "bn": {"mean": st.BatchStat(jnp.zeros(3)), "var": st.BatchStat(jnp.ones(3))},
-            "count": jnp.array(0),
-            "act": "gelu",
-        }
-    )
 
 
 def test_path_filters_and_combinators() -> None:

@@ -5,20 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _corpus import assert_trees_equal
+from _corpus import layer_model as model
 from typeguard import suppress_type_checks
 
 import statetree as st
-
-
-def model() -> dict:
-    return st.mutable(
-        {
-            "linear": {"kernel": st.Param(jnp.ones((2, 3))), "bias": st.Param(jnp.zeros(3))},
-            "bn": {"mean": st.BatchStat(jnp.zeros(3)), "var": st.BatchStat(jnp.ones(3))},
-            "count": jnp.array(0),
-            "act": "gelu",
-        }
-    )
 
 
 # ------------------------------------------------------------------ split / merge

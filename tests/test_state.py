@@ -4,19 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _corpus import two_layers as tree
 from typeguard import suppress_type_checks
 
 import statetree as st
-
-
-def tree() -> dict:
-    return {
-        "layers": [
-            {"w": st.Param(jnp.ones((2, 2))), "n": st.BatchStat(jnp.zeros(2), mutable=True)},
-            {"w": st.Param(jnp.ones((2, 2))), "n": st.BatchStat(jnp.zeros(2), mutable=True)},
-        ],
-        "step": jnp.array(0),
-    }
 
 
 def test_views() -> None:
